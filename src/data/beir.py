@@ -1,0 +1,189 @@
+"""Read BEIR-format retrieval data (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), validating every line.
+
+Bad input raises `DataFormatError` naming the file and line. Problems that do not make the data unreadable
+(judgements pointing at unknown ids, repeated judgements) are counted in a `LoadReport` and logged, or raised
+with `strict=True`: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class DataFormatError(ValueError):
+    """A malformed line in a data file; the message starts with `path:line:`."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = str(path), line
+
+
+@dataclass
+class LoadReport:
+    """What loading found beyond the well-formed data: counted, never silently dropped."""
+
+    split: str
+    judgements: int = 0
+    unknown_query_ids: list[str] = field(default_factory=list)
+    unknown_passage_ids: list[str] = field(default_factory=list)
+    repeated_judgements: int = 0
+    queries_without_positive: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.unknown_query_ids:
+            out.append(f"{len(self.unknown_query_ids)} judged query ids are not in queries.jsonl "
+                       f"(e.g. {self.unknown_query_ids[:3]}); those queries cannot be evaluated")
+        if self.unknown_passage_ids:
+            out.append(f"{len(self.unknown_passage_ids)} judged passage ids are not in corpus.jsonl "
+                       f"(e.g. {self.unknown_passage_ids[:3]}); they stay in the qrels, so they count as missed")
+        if self.repeated_judgements:
+            out.append(f"{self.repeated_judgements} repeated (query, passage) judgements; the highest score is kept")
+        if self.queries_without_positive:
+            out.append(f"{self.queries_without_positive} queries have no judgement with score > 0")
+        return out
+
+
+@dataclass
+class RetrievalData:
+    """One split of a retrieval dataset: the whole corpus, the split's judged queries and their qrels."""
+
+    corpus_ids: list[str]
+    passages: list[str]  # text as the encoder sees it (title joined to text)
+    query_ids: list[str]
+    queries: list[str]
+    qrels: dict[str, dict[str, int]]
+    report: LoadReport
+
+    def __post_init__(self) -> None:
+        self.passage_index = {pid: i for i, pid in enumerate(self.corpus_ids)}
+
+    def positives(self, query_id: str) -> list[str]:
+        """Passages judged relevant (score > 0) that exist in the corpus."""
+        return [pid for pid, s in self.qrels.get(query_id, {}).items() if s > 0 and pid in self.passage_index]
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
+def _field(record: dict, name: str, path: Path, lineno: int, required: bool = True) -> str:
+    if name not in record or record[name] is None:
+        if required:
+            raise DataFormatError(path, lineno, f"missing field '{name}'")
+        return ""
+    value = record[name]
+    if name == "_id" and isinstance(value, int):
+        return str(value)  # some exports write numeric ids; BEIR treats ids as strings
+    if not isinstance(value, str):
+        raise DataFormatError(path, lineno, f"field '{name}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def read_jsonl_texts(path: Path, fields: tuple[str, ...]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Ids and the requested text fields of a BEIR jsonl file; `text` is required, other fields optional."""
+    ids: list[str] = []
+    values: list[tuple[str, ...]] = []
+    first_seen: dict[str, int] = {}
+    for lineno, record in _jsonl_records(path):
+        rid = _field(record, "_id", path, lineno)
+        if rid in first_seen:
+            raise DataFormatError(path, lineno, f"duplicate _id '{rid}' (first on line {first_seen[rid]})")
+        first_seen[rid] = lineno
+        ids.append(rid)
+        values.append(tuple(_field(record, f, path, lineno, required=f == "text") for f in fields))
+    return ids, values
+
+
+def join_passage(title: str, text: str) -> str:
+    """The BEIR/MTEB convention: title, a space, text, stripped (so an empty title leaves the text alone)."""
+    return (title + " " + text).strip()
+
+
+def read_corpus(path: Path, use_title: bool = True) -> tuple[list[str], list[str]]:
+    ids, fields = read_jsonl_texts(path, ("title", "text"))
+    return ids, [join_passage(title, text) if use_title else text for title, text in fields]
+
+
+def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], int, int]:
+    """Qrels as {query: {passage: score}}, the number of judgement rows and of repeated pairs.
+
+    Tab-separated `query-id corpus-id score`; a header row is recognised by its non-integer score column.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    rows = repeated = 0
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) != 3:
+                raise DataFormatError(path, lineno, f"expected 3 tab-separated columns "
+                                                    f"(query-id, corpus-id, score), found {len(cols)}")
+            qid, pid, score_text = (c.strip() for c in cols)
+            try:
+                score = int(score_text)
+            except ValueError:
+                if lineno == 1:
+                    continue  # header row
+                raise DataFormatError(path, lineno, f"score '{score_text}' is not an integer") from None
+            rows += 1
+            judged = qrels.setdefault(qid, {})
+            if pid in judged:
+                repeated += 1
+                score = max(score, judged[pid])
+            judged[pid] = score
+    return qrels, rows, repeated
+
+
+def load_split(path: str | Path, split: str, strict: bool = False, use_title: bool = True) -> RetrievalData:
+    """Load the corpus and the judged queries of `split` from a BEIR folder, reporting what does not fit."""
+    root = Path(path)
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    for required in (root / "corpus.jsonl", root / "queries.jsonl", qrels_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} not found (a BEIR folder holds corpus.jsonl, queries.jsonl, "
+                                    f"qrels/<split>.tsv; splits here: {available_splits(root)})")
+    corpus_ids, passages = read_corpus(root / "corpus.jsonl", use_title)
+    all_query_ids, query_fields = read_jsonl_texts(root / "queries.jsonl", ("text",))
+    qrels, rows, repeated = read_qrels(qrels_path)
+
+    report = LoadReport(split=split, judgements=rows, repeated_judgements=repeated)
+    query_text = {qid: f[0] for qid, f in zip(all_query_ids, query_fields)}
+    corpus_set = set(corpus_ids)
+    report.unknown_query_ids = [qid for qid in qrels if qid not in query_text]
+    report.unknown_passage_ids = sorted({pid for judged in qrels.values() for pid in judged if pid not in corpus_set})
+    query_ids = [qid for qid in qrels if qid in query_text]
+    report.queries_without_positive = sum(
+        1 for qid in query_ids if not any(s > 0 and pid in corpus_set for pid, s in qrels[qid].items()))
+
+    if strict and (report.unknown_query_ids or report.unknown_passage_ids):
+        raise DataFormatError(qrels_path, None, "; ".join(report.problems) + " (data.strict=true)")
+    for problem in report.problems:
+        log.warning("%s: %s", qrels_path, problem)
+    log.info("Loaded %s: %d passages, %d queries, %d judgements", root, len(corpus_ids), len(query_ids), rows)
+    return RetrievalData(corpus_ids, passages, query_ids, [query_text[q] for q in query_ids],
+                         {q: qrels[q] for q in query_ids}, report)
+
+
+def available_splits(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []

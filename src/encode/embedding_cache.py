@@ -1,0 +1,69 @@
+"""Embeddings on disk as fp16 shards: resumable, shareable across processes, readable in bounded memory.
+
+A folder holds `shard-00000.npy`, `shard-00001.npy`, ... for consecutive slices of one list of texts. Each
+shard is written atomically, so a run killed mid-way (even kill -9) resumes at the first missing shard and,
+since each shard is encoded on its own, ends with exactly the files of an uninterrupted run. Several
+processes (GPUs, machines sharing the folder) split the missing shards between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from src.encode.encoder import TextEncoder
+from src.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class ShardedEmbeddings:
+    def __init__(self, folder: Path, n_texts: int, shard_size: int):
+        self.folder, self.n_texts, self.shard_size = Path(folder), n_texts, shard_size
+        self.n_shards = max(1, -(-n_texts // shard_size))
+
+    def path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.npy"
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.n_shards) if not self.path(i).is_file()]
+
+    def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int = 64,
+              precision: str = "auto", rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
+        """Encode and write this process's share of the missing shards (shard i belongs to rank i % world)."""
+        if len(texts) != self.n_texts:
+            raise ValueError(f"{self.folder}: expected {self.n_texts} texts, got {len(texts)}")
+        todo = [i for i in self.missing() if i % world_size == rank]
+        if len(todo) < self.n_shards:
+            log.info("%s: %d of %d shards already encoded", self.folder, self.n_shards - len(self.missing()),
+                     self.n_shards)
+        for shard in tqdm(todo, desc=f"{kind} shards", disable=not progress or len(todo) < 2):
+            start = shard * self.shard_size
+            embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, precision,
+                                        progress=progress)
+            with atomic_path(self.path(shard)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, embeddings.astype(np.float16))
+
+    def shards(self) -> list[np.ndarray]:
+        """All shards, memory-mapped (fp16)."""
+        if missing := self.missing():
+            raise FileNotFoundError(f"{self.folder}: shards {missing[:5]} are not encoded yet")
+        return [np.load(self.path(i), mmap_mode="r") for i in range(self.n_shards)]
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """float32 embeddings of the given global rows (any order, -1 gives zeros)."""
+        shards = self.shards()
+        out = np.zeros((len(indices), shards[0].shape[1]), dtype=np.float32)
+        for shard, rows in enumerate(shards):
+            start = shard * self.shard_size
+            hit = (indices >= start) & (indices < start + len(rows))
+            out[hit] = rows[indices[hit] - start]
+        return out
+
+    def load(self) -> np.ndarray:
+        """Everything in memory as float32 (for sets that fit, such as queries)."""
+        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.shards()])

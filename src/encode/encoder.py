@@ -1,0 +1,154 @@
+"""The model side of an encoder: a Hugging Face transformer, pooling and normalisation.
+
+`TextEncoder.forward` is what training differentiates through; `TextEncoder.encode` is the fast inference path
+used by evaluation and mining (length-sorted batches under a token budget, tokenisation of the next chunk
+overlapping the model's work on this one, bf16 on GPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModel
+
+from src.encode.spec import EncoderSpec, resolve_model_path
+from src.encode.tokenizer import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run about twice as fast as fp32 (elsewhere they are emulated)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 where the hardware computes it natively (recent GPUs and CPUs), else fp32;
+    fp32, bf16 and fp16 are taken as given. bf16 embeddings keep cosine >= 0.9999 with fp32 ones."""
+    if precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        return torch.bfloat16 if native else torch.float32
+    if precision not in DTYPES:
+        raise ValueError(f"encode.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return DTYPES[precision]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per sequence from the last hidden states (padding is on the right)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last":  # the last attended position (an appended EOS when the spec asks for one)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = pool_mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.to(torch.float32) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TextEncoder(torch.nn.Module):
+    """A bi-encoder tower: token ids in, (normalised) float32 embeddings out."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PromptTokenizer):
+        super().__init__()
+        self.model, self.tokenizer, self.spec = model, tokenizer, tokenizer.spec
+
+    @classmethod
+    def load(cls, spec: EncoderSpec, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> TextEncoder:
+        path = resolve_model_path(spec.name_or_path)
+        log.info("Loading %s (%s) on %s as %s", spec.name_or_path, path, device, dtype)
+        model = AutoModel.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                          dtype=dtype)
+        return cls(model.to(device).eval(), PromptTokenizer.load(spec))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pool_mask = attention_mask if pool_mask is None else pool_mask
+        if self.spec.pooling == "model":  # models such as NV-Embed pool inside their own (remote) code
+            embeddings = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                    pool_mask=pool_mask)["sentence_embeddings"]
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            embeddings = pool(hidden, attention_mask, pool_mask, self.spec.pooling)
+        embeddings = embeddings.to(torch.float32)
+        return F.normalize(embeddings, dim=-1) if self.spec.normalize else embeddings
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], kind: str, batch_size: int = 64, precision: str = "auto",
+               progress: bool = True, chunk_size: int = 8192) -> np.ndarray:
+        """Embeddings of `texts` as `kind` ('query' or 'passage'), float32, in input order."""
+        device = self.device
+        dtype = resolve_dtype(precision, device)
+        out = np.empty((len(texts), 0), dtype=np.float32)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32
+                                  and next(self.model.parameters()).dtype == torch.float32)
+        max_tokens = batch_size * self.spec.max_length(kind)
+        bar = tqdm(total=len(texts), desc="encode queries" if kind == "query" else "encode passages", unit=kind[0], disable=not progress, leave=False)
+        with autocast:
+            for start, ids in self._tokenized_chunks(texts, kind, chunk_size):
+                for rows in _length_sorted_batches(ids, max_tokens, max_rows=8 * batch_size):
+                    batch = {k: v.to(device, non_blocking=True)
+                             for k, v in self.tokenizer.pad([ids[r] for r in rows], kind).items()}
+                    embeddings = self(**batch).cpu().numpy()
+                    if out.shape[1] == 0:
+                        out = np.empty((len(texts), embeddings.shape[1]), dtype=np.float32)
+                    out[start + np.asarray(rows)] = embeddings
+                    bar.update(len(rows))
+        bar.close()
+        return out
+
+    def _tokenized_chunks(self, texts: list[str], kind: str, chunk_size: int) -> Iterator[tuple[int, list]]:
+        """Token ids chunk by chunk; the next chunk is tokenised in a thread while the model runs on this one."""
+        starts = range(0, len(texts), chunk_size)
+        with ThreadPoolExecutor(max_workers=1) as pool_:
+            pending = None
+            for start in starts:
+                future = pool_.submit(self.tokenizer, texts[start:start + chunk_size], kind)
+                if pending is not None:
+                    yield pending[0], pending[1].result()
+                pending = (start, future)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+
+
+def _length_sorted_batches(ids: list[list[int]], max_tokens: int, max_rows: int) -> Iterator[list[int]]:
+    """Row indices grouped longest first, each batch holding at most `max_tokens` padded tokens."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    batch: list[int] = []
+    for i in order:
+        width = len(ids[batch[0]]) if batch else len(ids[i])
+        if batch and ((len(batch) + 1) * width > max_tokens or len(batch) >= max_rows):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def load_encoder(model_cfg, encode_cfg) -> TextEncoder:
+    """An inference encoder from a model config and the `encode` settings (device, precision)."""
+    device = resolve_device(encode_cfg.device)
+    return TextEncoder.load(EncoderSpec.from_config(model_cfg), device, resolve_dtype(encode_cfg.precision, device))

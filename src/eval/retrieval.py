@@ -1,0 +1,80 @@
+"""Evaluate an encoder on a retrieval split: encode, search exactly, score with pytrec_eval."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.data.beir import RetrievalData
+from src.encode.encoder import TextEncoder
+from src.encode.search import exact_search
+from src.eval.metrics import MEASURES, Run, mean_metrics, per_query_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run
+
+
+def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
+              ignore_identical_ids: bool = True) -> Run:
+    """Search results as {query: {passage: score}}. Like BEIR, a passage with the query's own id is skipped
+    (ArguAna and Quora put queries in the corpus)."""
+    run: Run = {}
+    for qid, row_scores, row_indices in zip(data.query_ids, scores, indices):
+        docs = run[qid] = {}
+        for score, index in zip(row_scores.tolist(), row_indices.tolist()):
+            pid = data.corpus_ids[index] if index >= 0 else None
+            if pid is not None and not (ignore_identical_ids and pid == qid):
+                docs[pid] = score
+    return run
+
+
+def evaluate_encoder(encoder: TextEncoder, data: RetrievalData, k: int = 100, batch_size: int = 64,
+                     precision: str = "auto", backend: str = "auto", progress: bool = True,
+                     ignore_identical_ids: bool = True) -> EvalResult:
+    passages = encoder.encode(data.passages, "passage", batch_size, precision, progress)
+    queries = encoder.encode(data.queries, "query", batch_size, precision, progress)
+    return evaluate_embeddings(data, queries, passages, k, backend, ignore_identical_ids)
+
+
+def evaluate_embeddings(data: RetrievalData, queries: np.ndarray, passages: np.ndarray, k: int = 100,
+                        backend: str = "auto", ignore_identical_ids: bool = True) -> EvalResult:
+    depth = k + 1 if ignore_identical_ids else k  # room for a skipped self-match
+    scores, indices = exact_search(queries, passages, depth, backend)
+    run = build_run(data, scores[:, :depth], indices[:, :depth], ignore_identical_ids)
+    run = {q: dict(list(docs.items())[:k]) for q, docs in run.items()}
+    per_query = per_query_metrics(data.qrels, run)
+    return EvalResult(mean_metrics(per_query), per_query, run)
+
+
+def format_table(metrics: dict[str, float], title: str = "") -> str:
+    """A small aligned table of the metrics, for the console."""
+    rows = [f"{name:<12}{metrics[name]:.4f}" for name in MEASURES if name in metrics]
+    width = max(len(r) for r in rows + [title])
+    return "\n".join(([title, "-" * width] if title else []) + rows)
+
+
+def write_results(result: EvalResult, out_dir: Path, per_query: bool = True, run_depth: int = 0) -> None:
+    """metrics.json (exactly the four metrics), per_query.tsv, and optionally a TREC run file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps({n: result.metrics[n] for n in MEASURES}, indent=2) + "\n")
+    if per_query:
+        with open(out_dir / "per_query.tsv", "w") as f:
+            f.write("query_id\t" + "\t".join(MEASURES) + "\n")
+            for qid, values in result.per_query.items():
+                f.write(qid + "\t" + "\t".join(f"{values[n]:.6f}" for n in MEASURES) + "\n")
+    if run_depth:
+        with open(out_dir / "run.trec", "w") as f:
+            for qid, docs in result.run.items():
+                ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:run_depth]
+                for rank, (pid, score) in enumerate(ranked, start=1):
+                    f.write(f"{qid} Q0 {pid} {rank} {score:.6f} retriever\n")

@@ -1,0 +1,21 @@
+"""Hard-negative mining: teachers score candidates once (miner), pure methods choose from them (methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from src.data import dataset_dir
+from src.data.beir import RetrievalData
+from src.data.candidates import CandidateArrays, load_candidates
+from src.mining.miner import MinerSettings, ensure_candidates
+from src.mining.teachers import build_teachers
+
+
+def mined_candidates(cfg: Any, data: RetrievalData) -> dict[str, CandidateArrays]:
+    """{teacher name: candidates} for the configured teacher(s) on `data`, mining whatever is missing."""
+    settings = MinerSettings(**cfg.miner)
+    teachers = build_teachers(cfg.teacher, cfg.encode, Path(cfg.paths.cache_dir), settings.shard_size)
+    dataset = dataset_dir(cfg.data).name
+    folders = {t.name: ensure_candidates(data, t, settings, Path(cfg.paths.cache_dir), dataset) for t in teachers}
+    return {name: load_candidates(folder, data.passage_index) for name, folder in folders.items()}

@@ -1,0 +1,219 @@
+"""Hard-negative mining methods of NV-Retriever (arXiv 2407.15831): pure functions of stored teacher scores.
+
+The same code serves `mine.py` (statistics) and the training sampler (negatives drawn per epoch).
+A method is a filter, a selection and a fill policy. For a candidate with teacher score n at rank r (0-based
+among the query's non-positive candidates, best first), with p the query's lowest positive score:
+
+    filter       keeps the candidate when
+    none         always                                  (Naive Top-K)
+    shifted      r >= shift                              (Top-K shifted by N)
+    abs          n < threshold                           (TopK-Abs)
+    marginpos    n < p - margin                          (TopK-MarginPos)
+    percpos      n < p * perc                            (TopK-PercPos)
+
+A candidate exactly at the bound is removed: at the bound it is as close to the positive as the method allows
+no negative to be. Bounds are computed in float64 from the stored float32 scores.
+
+    select       takes `num_negatives` of the kept candidates
+    top          the best ones
+    sampled      sampled without replacement among the first `sample_k` kept, with probability
+                 softmax(score / temperature) (Gumbel top-k)
+    top1_sampled the best one, the rest sampled as above among the other kept within the first `sample_k`
+    random       uniform over the corpus, positives excluded (no teacher involved)
+
+Fill policy: when fewer candidates pass than asked, the best-scored passages of the stored tail sample (random
+passages ranked below the top-K, with their scores) that pass the same filter make up the difference; they score
+below every stored candidate, so they are the hardest negatives known to satisfy the filter. Slots still empty
+are -1: the loss ignores them (the query keeps its positive and in-batch negatives) and they are counted. No
+query is ever dropped.
+
+Ensembles over several teachers (aligned by query): `cross_sample` applies the method with one teacher drawn
+per query; `intra_sample` takes each teacher's best kept negatives (num_negatives // teachers each, duplicates
+allowed); `intra_sample_dedup` does the same but skips passages an earlier teacher already gave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from src.data.candidates import CandidateArrays
+
+FILTERS = {"none": None, "shifted": "shift", "abs": "threshold", "marginpos": "margin", "percpos": "perc"}
+SELECTIONS = ("top", "sampled", "top1_sampled", "random")
+ENSEMBLES = (None, "cross_sample", "intra_sample", "intra_sample_dedup")
+
+
+@dataclass(frozen=True)
+class MiningMethod:
+    name: str
+    num_negatives: int = 4
+    filter: str = "none"
+    shift: int | None = None
+    threshold: float | None = None
+    margin: float | None = None
+    perc: float | None = None
+    select: str = "top"
+    sample_k: int = 10
+    temperature: float = 1.0
+    ensemble: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.filter not in FILTERS:
+            raise ValueError(f"mining.filter must be one of {list(FILTERS)}, got {self.filter!r}")
+        param = FILTERS[self.filter]
+        if param and getattr(self, param) is None:
+            raise ValueError(f"mining.filter={self.filter} needs mining.{param}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"mining.select must be one of {SELECTIONS}, got {self.select!r}")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"mining.ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MiningMethod:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+
+@dataclass
+class Negatives:
+    """The negatives chosen for a set of queries."""
+
+    idx: np.ndarray  # [queries, num_negatives] corpus rows, -1 = empty slot
+    scores: np.ndarray  # [queries, num_negatives] teacher scores (nan for random or empty)
+    removed: np.ndarray  # [queries] stored candidates the filter removed
+    candidates: np.ndarray  # [queries] stored candidates
+    filled: np.ndarray  # [queries] negatives taken from the tail sample
+
+
+def keep_mask(scores: np.ndarray, ranks: np.ndarray, pos_min: np.ndarray, method: MiningMethod) -> np.ndarray:
+    """Which candidates may be negatives under the method's filter (`scores` -inf marks a missing one)."""
+    present = np.isfinite(scores)
+    scores64 = scores.astype(np.float64)
+    p = pos_min.astype(np.float64)[:, None]
+    if method.filter == "shifted":
+        return present & (ranks >= method.shift)
+    if method.filter == "abs":
+        return present & (scores64 < method.threshold)
+    if method.filter == "marginpos":
+        return present & (scores64 < p - method.margin)
+    if method.filter == "percpos":
+        return present & (scores64 < p * method.perc)
+    return present
+
+
+def _kept_in_rank_order(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of kept candidates, best first, and whether each returned slot is really kept."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+    return order, np.take_along_axis(keep, order, 1)
+
+
+def _gumbel_top(scores: np.ndarray, valid: np.ndarray, n: int, temperature: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n draws without replacement with probability softmax(scores / temperature) among the valid slots."""
+    keys = np.where(valid, scores / temperature + rng.gumbel(size=scores.shape), -np.inf)
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :n]
+    return order, np.take_along_axis(valid, order, 1)
+
+
+def _choose(keep: np.ndarray, scores: np.ndarray, n: int, method: MiningMethod,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into the candidate list) of the chosen negatives, and which slots are filled."""
+    order, kept = _kept_in_rank_order(keep)
+    if method.select == "top" or n == 0:
+        return order[:, :n], kept[:, :n]
+    first = 1 if method.select == "top1_sampled" else 0
+    pool, pool_valid = order[:, first:method.sample_k], kept[:, first:method.sample_k]
+    pool_scores = np.take_along_axis(scores, pool, 1)
+    picked, picked_valid = _gumbel_top(pool_scores, pool_valid, n - first, method.temperature, rng)
+    chosen = np.concatenate([order[:, :first], np.take_along_axis(pool, picked, 1)], axis=1)
+    return chosen, np.concatenate([kept[:, :first], picked_valid], axis=1)
+
+
+def _gather(values: np.ndarray, positions: np.ndarray, valid: np.ndarray, fill) -> np.ndarray:
+    return np.where(valid, np.take_along_axis(values, positions, 1), fill)
+
+
+def _not_in(idx: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    if exclude is None:
+        return np.ones(idx.shape, dtype=bool)
+    return ~(idx[:, :, None] == exclude[:, None, :]).any(-1)
+
+
+def _fill_from_tail(idx: np.ndarray, scores: np.ndarray, c: CandidateArrays, rows: np.ndarray,
+                    method: MiningMethod, pos_min: np.ndarray,
+                    exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Complete short rows with the best tail passages that pass the filter; tail ranks lie beyond the top-K."""
+    tail_scores = c.tail_scores[rows]
+    ranks = np.broadcast_to(c.neg_idx.shape[1] + np.arange(tail_scores.shape[1]), tail_scores.shape)
+    keep = keep_mask(tail_scores, ranks, pos_min, method) & (c.tail_idx[rows] >= 0) & _not_in(c.tail_idx[rows], exclude)
+    order, kept = _kept_in_rank_order(keep)
+    tail_idx = _gather(c.tail_idx[rows], order, kept, -1)
+    tail_sc = _gather(tail_scores, order, kept, np.nan)
+    # Chosen negatives first, then tail passages, empty slots last; keep the first num_negatives.
+    all_idx = np.concatenate([idx, tail_idx], axis=1)
+    all_scores = np.concatenate([scores, tail_sc], axis=1)
+    order = np.argsort(all_idx < 0, axis=1, kind="stable")[:, : idx.shape[1]]
+    filled = (order >= idx.shape[1]) & (np.take_along_axis(all_idx, order, 1) >= 0)
+    return (np.take_along_axis(all_idx, order, 1), np.take_along_axis(all_scores, order, 1),
+            filled.sum(axis=1))
+
+
+def _random_negatives(c: CandidateArrays, rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    idx = rng.integers(0, c.n_passages, size=(len(rows), n))
+    positives = c.pos_idx[rows]
+    while (clash := (idx[:, :, None] == positives[:, None, :]).any(-1)).any():
+        idx[clash] = rng.integers(0, c.n_passages, size=int(clash.sum()))
+    return idx
+
+
+def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rng: np.random.Generator,
+                  n: int | None = None, exclude: np.ndarray | None = None) -> Negatives:
+    """Negatives from one teacher's candidates for the queries at `rows` (optionally never `exclude`)."""
+    n = method.num_negatives if n is None else n
+    present = c.neg_idx[rows] >= 0
+    if method.select == "random":
+        idx = _random_negatives(c, rows, n, rng)
+        zeros = np.zeros(len(rows), dtype=np.int64)
+        return Negatives(idx, np.full(idx.shape, np.nan, np.float32), zeros, present.sum(1), zeros)
+    scores, pos_min = c.neg_scores[rows], c.pos_min[rows]
+    ranks = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    passes = keep_mask(scores, ranks, pos_min, method)
+    keep = passes & _not_in(c.neg_idx[rows], exclude)
+    positions, valid = _choose(keep, scores, n, method, rng)
+    idx = _gather(c.neg_idx[rows], positions, valid, -1)
+    chosen_scores = _gather(scores, positions, valid, np.nan).astype(np.float32)
+    idx, chosen_scores, filled = _fill_from_tail(idx, chosen_scores, c, rows, method, pos_min, exclude)
+    return Negatives(idx, chosen_scores, (present & ~passes).sum(1), present.sum(1), filled)
+
+
+def _stack(parts: list[Negatives]) -> Negatives:
+    cat = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
+    total = lambda name: sum(getattr(p, name) for p in parts)  # noqa: E731
+    return Negatives(cat("idx", 1), cat("scores", 1), total("removed"), total("candidates"), total("filled"))
+
+
+def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: MiningMethod,
+                     rng: np.random.Generator) -> Negatives:
+    """Negatives for the queries at `rows`, from one teacher or an ensemble of teachers."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if method.ensemble is None or len(teachers) == 1:
+        return select_single(teachers[0], rows, method, rng)
+    if method.ensemble == "cross_sample":
+        choice = rng.integers(len(teachers), size=len(rows))
+        out = select_single(teachers[0], rows, method, rng)  # shapes; rows of other teachers overwritten
+        for t in range(1, len(teachers)):
+            mine = choice == t
+            if mine.any():
+                part = select_single(teachers[t], rows[mine], method, rng)
+                for name in ("idx", "scores", "removed", "candidates", "filled"):
+                    getattr(out, name)[mine] = getattr(part, name)
+        return out
+    per_teacher = max(1, method.num_negatives // len(teachers))
+    parts: list[Negatives] = []
+    for teacher in teachers:
+        taken = _stack(parts).idx if parts and method.ensemble == "intra_sample_dedup" else None
+        parts.append(select_single(teacher, rows, method, rng, per_teacher, exclude=taken))
+    return _stack(parts)

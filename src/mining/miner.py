@@ -1,0 +1,136 @@
+"""Mining: for every training query with a positive, store the teacher's scores once.
+
+The stored candidates (see src/data/candidates.py) are what every mining method reads, at mining time for the
+statistics and at training time for the sampler, so one mining run serves a sweep over methods.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.data.beir import RetrievalData
+from src.data.candidates import CandidateArrays, read_manifest, write_candidates
+from src.mining.teachers import Teacher
+from src.utils.distributed import barrier, rank_and_world
+from src.utils.io import stable_hash, texts_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    depth: int = 100  # candidates kept per query: the teacher's top-K, positives excluded
+    tail: int = 32  # random passages from below the top-K, with their scores: the fill source
+    shard_size: int = 50_000  # passages per embedding shard: the unit of resuming and of sharing work
+    seed: int = 0  # for the tail samples
+
+
+def data_fingerprint(data: RetrievalData) -> str:
+    """The content of a split: corpus texts, the split's query texts and qrels."""
+    return stable_hash([texts_fingerprint(data.passages), data.corpus_ids, data.query_ids, data.queries,
+                        sorted((q, sorted(j.items())) for q, j in data.qrels.items())])
+
+
+def candidates_folder(cache_dir: Path, dataset: str, data: RetrievalData, teacher: Teacher,
+                      settings: MinerSettings) -> Path:
+    key = stable_hash([data_fingerprint(data), teacher.fingerprint(), asdict(settings)])
+    return Path(cache_dir) / "candidates" / f"{dataset}-{data.report.split}" / f"{teacher.name}-{key}"
+
+
+def trainable_queries(data: RetrievalData) -> tuple[list[int], np.ndarray]:
+    """Rows of the queries with at least one positive in the corpus, and their positives' corpus rows."""
+    rows = [i for i, qid in enumerate(data.query_ids) if data.positives(qid)]
+    width = max((len(data.positives(data.query_ids[i])) for i in rows), default=1)
+    pos_idx = np.full((len(rows), width), -1, dtype=np.int64)
+    for r, i in enumerate(rows):
+        found = [data.passage_index[p] for p in data.positives(data.query_ids[i])]
+        pos_idx[r, : len(found)] = found
+    return rows, pos_idx
+
+
+def _first_kept(keep: np.ndarray, idx: np.ndarray, scores: np.ndarray, width: int):
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    kept = np.take_along_axis(keep, order, 1)
+    return (np.where(kept, np.take_along_axis(idx, order, 1), -1),
+            np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32))
+
+
+def _sample_tail(n_passages: int, excluded: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `size` distinct passages outside `excluded`, uniformly."""
+    excluded = np.unique(excluded[excluded >= 0])
+    want = min(size, n_passages - len(excluded))
+    if want <= 0:
+        return np.empty(0, dtype=np.int64)
+    draw = rng.choice(n_passages, size=min(n_passages, want + len(excluded)), replace=False)
+    return draw[~np.isin(draw, excluded)][:want]
+
+
+def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings) -> CandidateArrays:
+    """The teacher's view of every trainable query: positives, top-K others, and a scored tail sample.
+    The teacher must be prepared with the trainable queries."""
+    rows, pos_idx = trainable_queries(data)
+    query_ids = [data.query_ids[i] for i in rows]
+    search_depth = settings.depth + pos_idx.shape[1] + 1  # room for positives and a self-match to drop
+    top_scores, top_idx = teacher.top(search_depth)
+    self_idx = np.array([data.passage_index.get(q, -2) for q in query_ids])[:, None]
+    is_positive = (top_idx[:, :, None] == pos_idx[:, None, :]).any(-1)
+    keep = (top_idx >= 0) & ~is_positive & (top_idx != self_idx)
+    neg_idx, neg_scores = _first_kept(keep, top_idx, top_scores, settings.depth)
+
+    n = len(data.passages)
+    tail_idx = np.full((len(rows), settings.tail), -1, dtype=np.int64)
+    for r, qid in enumerate(query_ids):  # seeded by query id: independent of order and sharding
+        rng = np.random.default_rng([settings.seed, zlib.crc32(qid.encode())])
+        excluded = np.concatenate([top_idx[r], pos_idx[r], self_idx[r]])
+        sample = _sample_tail(n, excluded, settings.tail, rng)
+        tail_idx[r, : len(sample)] = sample
+    query_rows = np.arange(len(rows))
+    tail_scores = teacher.pair_scores(query_rows, tail_idx)
+    tail_idx, tail_scores = _first_kept(tail_idx >= 0, *_best_first(tail_idx, tail_scores), settings.tail)
+    return CandidateArrays(query_ids, pos_idx, teacher.pair_scores(query_rows, pos_idx), neg_idx, neg_scores,
+                           tail_idx, tail_scores, n)
+
+
+def _best_first(idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    key = np.where(idx >= 0, scores, -np.inf)
+    order = np.lexsort((idx, -key), axis=-1)
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings, cache_dir: Path,
+                      dataset: str) -> Path:
+    """The candidates folder for (data, teacher, settings), mined first if it is not complete.
+
+    In a distributed run every process encodes its share of the embedding shards; process 0 searches and
+    writes the file; all return once it exists.
+    """
+    folder = candidates_folder(cache_dir, dataset, data, teacher, settings)
+    if read_manifest(folder) is not None:
+        log.info("Candidates for %s found in %s", teacher.name, folder)
+        return folder
+    started = time.time()
+    rows, _ = trainable_queries(data)
+    teacher.prepare(data, [data.queries[i] for i in rows])  # every process: encoding is shared
+    if rank_and_world()[0] == 0:
+        candidates = score_candidates(data, teacher, settings)
+        manifest = {
+            "teacher": teacher.name, **{f"teacher_{k}": v for k, v in teacher.describe().items()},
+            "miner": asdict(settings), "data_path": str(dataset), "split": data.report.split,
+            "counts": {"queries_in_split": len(data.query_ids), "queries_mined": len(candidates),
+                       "queries_without_positive": len(data.query_ids) - len(candidates),
+                       "passages": len(data.passages)},
+            "seconds": round(time.time() - started, 1),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_candidates(folder, candidates, data.corpus_ids, manifest)
+        log.info("Mined %d queries with %s in %.1fs into %s", len(candidates), teacher.name,
+                 time.time() - started, folder)
+    barrier()
+    return folder
