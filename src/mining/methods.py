@@ -121,6 +121,9 @@ def _gumbel_top(scores: np.ndarray, valid: np.ndarray, n: int, temperature: floa
 def _choose(keep: np.ndarray, scores: np.ndarray, n: int, method: MiningMethod,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into the candidate list) of the chosen negatives, and which slots are filled."""
+    if keep.shape[1] < n:  # fewer stored candidates than negatives asked for: pad with empty slots
+        pad = ((0, 0), (0, n - keep.shape[1]))
+        keep, scores = np.pad(keep, pad, constant_values=False), np.pad(scores, pad, constant_values=-np.inf)
     order, kept = _kept_in_rank_order(keep)
     if method.select == "top" or n == 0:
         return order[:, :n], kept[:, :n]
@@ -183,6 +186,7 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     passes = keep_mask(scores, ranks, pos_min, method)
     keep = passes & _not_in(c.neg_idx[rows], exclude)
     positions, valid = _choose(keep, scores, n, method, rng)
+    positions = np.minimum(positions, scores.shape[1] - 1)  # padded slots are invalid anyway
     idx = _gather(c.neg_idx[rows], positions, valid, -1)
     chosen_scores = _gather(scores, positions, valid, np.nan).astype(np.float32)
     idx, chosen_scores, filled = _fill_from_tail(idx, chosen_scores, c, rows, method, pos_min, exclude)

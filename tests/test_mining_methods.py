@@ -1,0 +1,174 @@
+"""Mining methods pinned against hand-computed cases from the paper's definitions.
+
+Scores are dyadic fractions (exact in float32), so "exactly at the bound" is exact: such a candidate is removed.
+"""
+
+import numpy as np
+import pytest
+
+from src.data.candidates import CandidateArrays
+from src.mining.methods import MiningMethod, select_negatives
+
+# Candidate scores best first; the positive scores 0.5. Corpus rows of candidates are 10 + rank.
+SCORES = [0.625, 0.5, 0.375, 0.25, 0.1875, 0.125, 0.0625, 0.03125]
+TAIL = [0.375, 0.015625, 0.0078125]  # a tail passage exactly at the bound (0.375) must never be used
+
+
+def candidates(pos=((0.5,),), scores=(SCORES,), tail=(TAIL,), n_passages=100) -> CandidateArrays:
+    nq = len(scores)
+    width = max(len(s) for s in scores)
+    neg_idx = np.full((nq, width), -1)
+    neg_scores = np.full((nq, width), -np.inf, dtype=np.float32)
+    for q, s in enumerate(scores):
+        neg_idx[q, : len(s)] = 10 + np.arange(len(s))
+        neg_scores[q, : len(s)] = s
+    pos_width = max(len(p) for p in pos)
+    pos_idx = np.full((nq, pos_width), -1)
+    pos_scores = np.full((nq, pos_width), np.nan, dtype=np.float32)
+    for q, p in enumerate(pos):
+        pos_idx[q, : len(p)] = np.arange(len(p))
+        pos_scores[q, : len(p)] = p
+    tail_idx = np.tile(80 + np.arange(len(tail[0])), (nq, 1))
+    return CandidateArrays([f"q{i}" for i in range(nq)], pos_idx, pos_scores, neg_idx, neg_scores, tail_idx,
+                           np.tile(np.asarray(tail[0], np.float32), (nq, 1)), n_passages)
+
+
+def pick(method: MiningMethod, c=None, seed=0):
+    c = c or candidates()
+    return select_negatives([c], np.arange(len(c)), method, np.random.default_rng(seed))
+
+
+def ranks(neg) -> list[int]:
+    return [int(i) - 10 if i >= 0 else -1 for i in neg.idx[0]]
+
+
+def test_naive_topk_takes_the_first_k():
+    neg = pick(MiningMethod("naive", 4))
+    assert ranks(neg) == [0, 1, 2, 3]
+    assert neg.scores[0].tolist() == [0.625, 0.5, 0.375, 0.25]
+    assert neg.removed[0] == 0 and neg.filled[0] == 0
+
+
+def test_shifted_skips_the_first_n():
+    neg = pick(MiningMethod("shifted", 3, filter="shifted", shift=2))
+    assert ranks(neg) == [2, 3, 4] and neg.removed[0] == 2
+
+
+@pytest.mark.parametrize("method", [
+    MiningMethod("abs", 3, filter="abs", threshold=0.375),
+    MiningMethod("marginpos", 3, filter="marginpos", margin=0.125),  # 0.5 - 0.125 = 0.375
+    MiningMethod("percpos", 3, filter="percpos", perc=0.75),  # 0.5 * 0.75 = 0.375
+])
+def test_threshold_filters_remove_candidates_at_or_above_the_bound(method):
+    neg = pick(method)
+    assert ranks(neg) == [3, 4, 5]  # 0.625, 0.5 and 0.375 (exactly at the bound) are removed
+    assert neg.removed[0] == 3
+
+
+def test_percpos_paper_default_on_a_candidate_above_the_positive():
+    neg = pick(MiningMethod("percpos", 2, filter="percpos", perc=0.95))  # bound 0.475
+    assert ranks(neg) == [2, 3]
+
+
+def test_several_positives_anchor_on_the_lowest():
+    c = candidates(pos=((0.75, 0.5),))
+    assert ranks(pick(MiningMethod("percpos", 1, filter="percpos", perc=0.75), c)) == [3]
+
+
+def test_fill_uses_tail_passages_that_pass_the_filter_and_counts_the_rest():
+    c = candidates(scores=([0.625, 0.5, 0.375, 0.25],))
+    neg = pick(MiningMethod("percpos", 4, filter="percpos", perc=0.75), c)
+    # one candidate survives (0.25); the tail adds 0.015625 and 0.0078125 but not 0.375 (at the bound)
+    assert neg.idx[0].tolist() == [13, 81, 82, -1]
+    assert neg.filled[0] == 2
+    assert np.isnan(neg.scores[0, 3])
+
+
+def test_fill_keeps_candidates_first_and_never_repeats():
+    c = candidates(scores=([0.25],))
+    neg = pick(MiningMethod("naive", 3), c)
+    assert neg.idx[0].tolist() == [10, 80, 81] and neg.filled[0] == 2
+
+
+def test_sampled_topk_follows_softmax_within_the_first_k_survivors():
+    method = MiningMethod("sampled", 1, filter="percpos", perc=0.75, select="sampled", sample_k=3, temperature=0.25)
+    counts = np.zeros(8, int)
+    for seed in range(3000):
+        counts[ranks(pick(method, seed=seed))[0]] += 1
+    survivors = np.array(SCORES[3:6]) / 0.25  # ranks 3, 4, 5 are the first 3 survivors
+    expected = np.exp(survivors) / np.exp(survivors).sum()
+    assert counts[[0, 1, 2, 6, 7]].sum() == 0
+    np.testing.assert_allclose(counts[3:6] / counts.sum(), expected, atol=0.03)
+
+
+def test_sampled_draws_without_replacement():
+    method = MiningMethod("sampled", 3, select="sampled", sample_k=3)
+    for seed in range(50):
+        assert sorted(ranks(pick(method, seed=seed))) == [0, 1, 2]
+
+
+def test_top1_sampled_keeps_the_best_survivor():
+    method = MiningMethod("t1", 2, filter="percpos", perc=0.75, select="top1_sampled", sample_k=4)
+    seen = set()
+    for seed in range(200):
+        r = ranks(pick(method, seed=seed))
+        assert r[0] == 3 and r[1] in (4, 5, 6)
+        seen.add(r[1])
+    assert seen == {4, 5, 6}
+
+
+def test_random_never_returns_a_positive():
+    c = candidates(pos=((0.5, 0.4, 0.3),), n_passages=5)
+    neg = pick(MiningMethod("random", 50, select="random"), c)
+    assert set(neg.idx[0].tolist()) <= {3, 4} and np.isnan(neg.scores).all()
+
+
+def test_none_gives_no_hard_negatives():
+    assert pick(MiningMethod("none", 0)).idx.shape == (1, 0)
+
+
+def test_every_query_is_kept_even_with_nothing_to_offer():
+    c = candidates(pos=((0.5,), (0.5,)), scores=(SCORES, [0.625]), tail=([0.5],))
+    neg = pick(MiningMethod("percpos", 2, filter="percpos", perc=0.75), c)
+    assert neg.idx.shape == (2, 2)
+    assert neg.idx[1].tolist() == [-1, -1]
+
+
+def two_teachers():
+    a = candidates()
+    b = candidates(scores=([0.25, 0.125, 0.0625],))
+    b.neg_idx[0, :3] = [13, 50, 51]  # teacher b's best is teacher a's rank 3
+    return a, b
+
+
+def test_cross_sample_uses_one_teacher_per_query():
+    a, b = two_teachers()
+    method = MiningMethod("cross", 2, ensemble="cross_sample")
+    seen = {tuple(select_negatives([a, b], np.array([0]), method, np.random.default_rng(s)).idx[0])
+            for s in range(40)}
+    assert seen == {(10, 11), (13, 50)}
+
+
+def test_intra_sample_takes_each_teachers_top1_with_or_without_dedup():
+    a, b = two_teachers()
+    method = MiningMethod("intra", 2, filter="percpos", perc=0.75, ensemble="intra_sample")
+    assert pick_many([a, b], method) == [13, 13]  # both teachers' best survivor is row 13
+    dedup = MiningMethod("intra", 2, filter="percpos", perc=0.75, ensemble="intra_sample_dedup")
+    assert pick_many([a, b], dedup) == [13, 50]
+
+
+def pick_many(teachers, method):
+    return select_negatives(teachers, np.array([0]), method, np.random.default_rng(0)).idx[0].tolist()
+
+
+def test_method_validation_names_the_missing_parameter():
+    with pytest.raises(ValueError, match="mining.filter=percpos needs mining.perc"):
+        MiningMethod("x", filter="percpos")
+    with pytest.raises(ValueError, match="mining.select must be one of"):
+        MiningMethod("x", select="best")
+
+
+def test_sampling_with_fewer_candidates_than_negatives():
+    c = candidates(scores=([0.25, 0.125],))
+    neg = pick(MiningMethod("s", 4, select="sampled", sample_k=10), c)
+    assert sorted(neg.idx[0].tolist()) == [10, 11, 80, 81] and neg.filled[0] == 2
