@@ -29,9 +29,9 @@ def method_configs(cfg: DictConfig, ensemble: bool) -> list[MiningMethod]:
 
 @task_wrapper
 def mine(cfg: DictConfig) -> dict:
-    rank, _ = init_from_env()
+    rank, world = init_from_env()
     data = load_data(cfg.data, cfg.data.train_split)
-    candidates = mined_candidates(cfg, data)
+    candidates = mined_candidates(cfg, data, rank, world)
     if rank != 0:
         return {}
     loggers = instantiate_loggers(cfg.get("logger"))

@@ -12,10 +12,12 @@ from src.mining.miner import MinerSettings, ensure_candidates
 from src.mining.teachers import build_teachers
 
 
-def mined_candidates(cfg: Any, data: RetrievalData) -> dict[str, CandidateArrays]:
-    """{teacher name: candidates} for the configured teacher(s) on `data`, mining whatever is missing."""
+def mined_candidates(cfg: Any, data: RetrievalData, rank: int = 0, world: int = 1) -> dict[str, CandidateArrays]:
+    """{teacher name: candidates} for the configured teacher(s) on `data`, mining whatever is missing
+    (shared by `world` processes when run under torchrun)."""
     settings = MinerSettings(**cfg.miner)
     teachers = build_teachers(cfg.teacher, cfg.encode, Path(cfg.paths.cache_dir), settings.shard_size)
     dataset = dataset_dir(cfg.data).name
-    folders = {t.name: ensure_candidates(data, t, settings, Path(cfg.paths.cache_dir), dataset) for t in teachers}
+    folders = {t.name: ensure_candidates(data, t, settings, Path(cfg.paths.cache_dir), dataset, rank, world)
+               for t in teachers}
     return {name: load_candidates(folder, data.passage_index) for name, folder in folders.items()}

@@ -18,7 +18,7 @@ import numpy as np
 from src.data.beir import RetrievalData
 from src.data.candidates import CandidateArrays, read_manifest, write_candidates
 from src.mining.teachers import Teacher
-from src.utils.distributed import barrier, rank_and_world
+from src.utils.distributed import barrier
 from src.utils.io import stable_hash, texts_fingerprint
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ def _best_first(idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings, cache_dir: Path,
-                      dataset: str) -> Path:
+                      dataset: str, rank: int = 0, world: int = 1) -> Path:
     """The candidates folder for (data, teacher, settings), mined first if it is not complete.
 
-    In a distributed run every process encodes its share of the embedding shards; process 0 searches and
-    writes the file; all return once it exists.
+    With `world` > 1 processes (torchrun), each encodes its share of the embedding shards; process 0 searches
+    and writes the file; all return once it exists.
     """
     folder = candidates_folder(cache_dir, dataset, data, teacher, settings)
     if read_manifest(folder) is not None:
@@ -117,8 +117,8 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSett
         return folder
     started = time.time()
     rows, _ = trainable_queries(data)
-    teacher.prepare(data, [data.queries[i] for i in rows])  # every process: encoding is shared
-    if rank_and_world()[0] == 0:
+    teacher.prepare(data, [data.queries[i] for i in rows], rank, world)  # every process: encoding is shared
+    if rank == 0:
         candidates = score_candidates(data, teacher, settings)
         manifest = {
             "teacher": teacher.name, **{f"teacher_{k}": v for k, v in teacher.describe().items()},
@@ -132,5 +132,6 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSett
         write_candidates(folder, candidates, data.corpus_ids, manifest)
         log.info("Mined %d queries with %s in %.1fs into %s", len(candidates), teacher.name,
                  time.time() - started, folder)
-    barrier()
+    if world > 1:
+        barrier()
     return folder

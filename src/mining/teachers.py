@@ -20,7 +20,7 @@ from src.encode.embedding_cache import ShardedEmbeddings
 from src.encode.encoder import TextEncoder, load_encoder
 from src.encode.search import exact_search
 from src.encode.spec import EncoderSpec, resolve_model_path
-from src.utils.distributed import barrier, rank_and_world
+from src.utils.distributed import barrier
 from src.utils.io import stable_hash, texts_fingerprint
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Teacher(Protocol):
     name: str
 
     def fingerprint(self) -> dict[str, Any]: ...
-    def prepare(self, data: RetrievalData, queries: list[str]) -> None: ...
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None: ...
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
     def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray: ...
 
@@ -59,9 +59,8 @@ class DenseTeacher:
                   / f"{kind}-{texts_fingerprint(texts)}")
         return ShardedEmbeddings(folder, len(texts), self.shard_size)
 
-    def prepare(self, data: RetrievalData, queries: list[str]) -> None:
-        """Encode the corpus and the queries into the cache, sharing the shards among all processes."""
-        rank, world = rank_and_world()
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
+        """Encode the corpus and the queries into the cache; `world` processes share the shards."""
         self.passages = self._embeddings(data.passages, "passage")
         self.queries = self._embeddings(queries, "query")
         for store, texts, kind in ((self.passages, data.passages, "passage"), (self.queries, queries, "query")):
@@ -70,7 +69,8 @@ class DenseTeacher:
                     self.encoder = load_encoder(self.model_cfg, self.encode_cfg)
                 store.build(self.encoder, texts, kind, self.encode_cfg.batch_size, self.encode_cfg.precision,
                             rank, world, self.encode_cfg.progress)
-        barrier()  # every shard exists before anyone searches
+        if world > 1:
+            barrier()  # every shard exists before anyone searches
         self.query_embeddings = self.queries.load()
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,7 @@ class BM25Teacher:
         return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stemmer, return_ids=ids,
                               show_progress=False)
 
-    def prepare(self, data: RetrievalData, queries: list[str]) -> None:
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
         import bm25s
         self.stemmer = None
         if self.stemmer_name:

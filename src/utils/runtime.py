@@ -61,3 +61,13 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
                 sys.modules["wandb"].finish()  # else the jobs of a multirun all log into one W&B run
 
     return wrapped
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list:
+    """Lightning callbacks from the `callbacks` group (a dict of callback configs)."""
+    callbacks = []
+    for name, cfg in (callbacks_cfg or {}).items():
+        if isinstance(cfg, DictConfig) and "_target_" in cfg:
+            log.info("Instantiating callback %s <%s>", name, cfg._target_)
+            callbacks.append(hydra.utils.instantiate(cfg))
+    return callbacks

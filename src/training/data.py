@@ -1,0 +1,164 @@
+"""What the DataModule serves: cached token ids, the per-epoch positive-aware sampler, and the collators.
+
+Negatives are drawn when an item is fetched, by the mining method over the stored teacher scores, with a
+generator seeded by (seed, epoch, query): they rotate every epoch, yet any worker, rank or resumed run draws
+exactly the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+from src.data.candidates import CandidateArrays
+from src.encode.tokenizer import PromptTokenizer
+from src.mining.methods import MiningMethod, select_negatives
+
+
+class TokenStore:
+    """Token ids of many texts in two flat arrays: compact, and shared copy-on-write by dataloader workers."""
+
+    def __init__(self, ids: list[list[int]]):
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(self.offsets[-1]))
+
+    @classmethod
+    def build(cls, tokenizer: PromptTokenizer, texts: list[str], kind: str, chunk: int = 8192,
+              progress: bool = True) -> TokenStore:
+        ids: list[list[int]] = []
+        for start in tqdm(range(0, len(texts), chunk), desc=f"tokenize {kind}s", disable=not progress or
+                          len(texts) <= chunk, leave=False):
+            ids.extend(tokenizer(texts[start:start + chunk], kind))
+        return cls(ids)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+class EpochSampler(Sampler):
+    """Yields (index, epoch) pairs: a seeded shuffle per epoch, this rank's share of it.
+
+    Like DistributedSampler, every rank gets the same number of items (the shuffled list wraps around), so
+    every step has equal batches on all ranks, as the gathered loss requires.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.shuffle, self.rank, self.world_size = size, seed, shuffle, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle
+                 else np.arange(self.size))
+        order = np.resize(order, len(self) * self.world_size)  # wrap around to a multiple of the world size
+        for index in order[self.rank::self.world_size]:
+            yield int(index), self.epoch
+
+
+@dataclass
+class TrainingItem:
+    query: list[int]
+    passages: list[list[int]]  # the positive, then the negatives
+    passage_idx: list[int]  # their corpus rows (-1: an empty negative slot)
+    positive_idx: np.ndarray  # every labelled positive of the query (never usable as a negative)
+
+
+class ContrastiveDataset(Dataset):
+    """One item per (query, positive) pair; negatives chosen per epoch by the mining method."""
+
+    def __init__(self, pairs: np.ndarray, teachers: list[CandidateArrays], method: MiningMethod, seed: int,
+                 query_tokens: TokenStore, passage_tokens: TokenStore, passage_slot: np.ndarray,
+                 empty_passage: list[int]):
+        self.pairs, self.teachers, self.method, self.seed = pairs, teachers, method, seed
+        self.query_tokens, self.passage_tokens, self.passage_slot = query_tokens, passage_tokens, passage_slot
+        self.empty_passage = empty_passage
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def negatives(self, row: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, row])
+        return select_negatives(self.teachers, np.array([row]), self.method, rng).idx[0]
+
+    def __getitem__(self, key: tuple[int, int]) -> TrainingItem:
+        index, epoch = key
+        row, positive = (int(x) for x in self.pairs[index])
+        passage_idx = [positive, *self.negatives(row, epoch).tolist()]
+        passages = [self.passage_tokens[self.passage_slot[p]] if p >= 0 else self.empty_passage
+                    for p in passage_idx]
+        return TrainingItem(self.query_tokens[row], passages, passage_idx, self.teachers[0].pos_idx[row])
+
+
+class TrainingCollator:
+    """Pads queries and passages separately (dynamic padding) and keeps the ids the loss masks with."""
+
+    def __init__(self, tokenizer: PromptTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[TrainingItem]) -> dict:
+        width = max(len(it.positive_idx) for it in items)
+        positive_idx = torch.full((len(items), width), -1, dtype=torch.long)
+        for i, it in enumerate(items):
+            positive_idx[i, : len(it.positive_idx)] = torch.as_tensor(it.positive_idx)
+        return {"queries": self.tokenizer.pad([it.query for it in items], "query"),
+                "passages": self.tokenizer.pad([p for it in items for p in it.passages], "passage"),
+                "passage_idx": torch.tensor([it.passage_idx for it in items], dtype=torch.long),
+                "positive_idx": positive_idx}
+
+
+class EncodeDataset(Dataset):
+    """Validation items: ("query" | "passage", row) keys, served from token stores."""
+
+    def __init__(self, stores: dict[str, TokenStore]):
+        self.stores = stores
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores.values())
+
+    def __getitem__(self, key: tuple[str, int]) -> tuple[str, int, list[int]]:
+        kind, row = key
+        return kind, row, self.stores[kind][row]
+
+
+def encode_batches(stores: dict[str, TokenStore], max_tokens: dict[str, int], rank: int = 0,
+                   world_size: int = 1) -> list[list[tuple[str, int]]]:
+    """Length-sorted batches of one kind each, under a padded-token budget; this rank's share of them."""
+    batches = []
+    for kind, store in stores.items():
+        lengths = store.lengths()
+        batch: list[tuple[str, int]] = []
+        for row in np.argsort(-lengths, kind="stable"):
+            if batch and (len(batch) + 1) * lengths[batch[0][1]] > max_tokens[kind]:
+                batches.append(batch)
+                batch = []
+            batch.append((kind, int(row)))
+        if batch:
+            batches.append(batch)
+    return batches[rank::world_size]
+
+
+class EncodeCollator:
+    def __init__(self, tokenizer: PromptTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[tuple[str, int, list[int]]]) -> dict:
+        kind = items[0][0]
+        return {"kind": kind, "rows": torch.tensor([row for _, row, _ in items]),
+                "tokens": self.tokenizer.pad([ids for _, _, ids in items], kind)}

@@ -1,0 +1,110 @@
+"""The LightningDataModule: the positive-aware sampler over precomputed teacher scores.
+
+prepare_data (one process per node) mines the candidates if they are not in the cache yet; setup (every
+process) loads them, tokenises once, and builds the training and validation sets. The mining method is
+applied when items are drawn, so a sweep over methods reuses one mining run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from src.data import load_data
+from src.data.beir import RetrievalData
+from src.data.candidates import CandidateArrays
+from src.encode.spec import EncoderSpec
+from src.encode.tokenizer import PromptTokenizer
+from src.mining.methods import MiningMethod
+from src.training.data import (ContrastiveDataset, EncodeCollator, EncodeDataset, EpochSampler, TokenStore,
+                               TrainingCollator, encode_batches)
+
+log = logging.getLogger(__name__)
+
+# train split -> {teacher name: candidates}, mining what is missing (src.mining.mined_candidates).
+CandidatesFn = Callable[[RetrievalData], dict[str, CandidateArrays]]
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    def __init__(self, data_cfg: Any, model_cfg: Any, method: MiningMethod, candidates_fn: CandidatesFn,
+                 batch_size: int = 32, num_workers: int = 2, seed: int = 0, val_batch_size: int = 64,
+                 progress: bool = True):
+        super().__init__()
+        self.data_cfg, self.method, self.candidates_fn = data_cfg, method, candidates_fn
+        self.spec = EncoderSpec.from_config(model_cfg)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.val_batch_size, self.progress = val_batch_size, progress
+        self.train_set: ContrastiveDataset | None = None
+        self.val_data: RetrievalData | None = None
+
+    def prepare_data(self) -> None:
+        """Mine once, before any process loads (Lightning runs this on one process per node)."""
+        self.candidates_fn(load_data(self.data_cfg, self.data_cfg.train_split))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.tokenizer = PromptTokenizer.load(self.spec)
+        train = load_data(self.data_cfg, self.data_cfg.train_split)
+        self.candidates = self.candidates_fn(train)
+        teachers = list(self.candidates.values())
+        if any(t.query_ids != teachers[0].query_ids for t in teachers):
+            raise ValueError("the ensemble's teachers were mined on different queries; mine them again")
+        if len(teachers) > 1 and self.method.ensemble is None:
+            raise ValueError(f"teacher has {len(teachers)} members: choose an ensemble method "
+                             "(mining=cross_sample, intra_sample or intra_sample_dedup)")
+        self.train_set = self._training_set(train, teachers)
+        log.info("Training on %d (query, positive) pairs of %d queries; negatives: %s", len(self.train_set),
+                 len(teachers[0]), self.method)
+        if self.data_cfg.get("val_split"):
+            self.val_data = load_data(self.data_cfg, self.data_cfg.val_split)
+            self.val_tokens = {"query": TokenStore.build(self.tokenizer, self.val_data.queries, "query"),
+                               "passage": TokenStore.build(self.tokenizer, self.val_data.passages, "passage",
+                                                           progress=self.progress)}
+
+    def _training_set(self, train: RetrievalData, teachers: list[CandidateArrays]) -> ContrastiveDataset:
+        c = teachers[0]
+        rows, cols = np.nonzero(c.pos_idx >= 0)
+        pairs = np.stack([rows, c.pos_idx[rows, cols]], axis=1)  # one item per (query, positive)
+        # Tokenise every passage a method may draw: all of them for random negatives, else the stored ones.
+        if self.method.select == "random":
+            needed = np.arange(len(train.passages))
+        else:
+            needed = np.unique(np.concatenate([np.concatenate([t.pos_idx.ravel(), t.neg_idx.ravel(),
+                                                               t.tail_idx.ravel()]) for t in teachers]))
+            needed = needed[needed >= 0]
+        slot = np.full(len(train.passages), -1, dtype=np.int64)
+        slot[needed] = np.arange(len(needed))
+        query_text = dict(zip(train.query_ids, train.queries))
+        queries = TokenStore.build(self.tokenizer, [query_text[q] for q in c.query_ids], "query")
+        passages = TokenStore.build(self.tokenizer, [train.passages[i] for i in needed], "passage",
+                                    progress=self.progress)
+        empty = self.tokenizer([""], "passage")[0]
+        return ContrastiveDataset(pairs, teachers, self.method, self.seed, queries, passages, slot, empty)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, rank=rank, world_size=world)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=TrainingCollator(self.tokenizer), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_data is None:
+            return []
+        rank, world = self._rank_world()
+        budget = {kind: self.val_batch_size * self.spec.max_length(kind) for kind in ("query", "passage")}
+        return DataLoader(EncodeDataset(self.val_tokens), batch_sampler=encode_batches(self.val_tokens, budget,
+                                                                                        rank, world),
+                          collate_fn=EncodeCollator(self.tokenizer), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,44 @@
+"""DDP that keeps a Hydra job in its own run dir, also inside a multirun.
+
+Lightning's DDP re-launches the script for ranks 1..N-1 with the original command line. Inside a Hydra
+multirun that command line is the whole sweep (`-m mining=a,b,c`), so every child would start a sweep of its
+own, scattering output dirs. Here the children get the current job's overrides and its run dir instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from unittest import mock
+
+import lightning.pytorch.strategies.launchers.subprocess_script as subprocess_script
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+
+def job_command(local_rank: int) -> tuple[list[str], str]:
+    """The command that re-runs the current Hydra job (not the sweep) as rank `local_rank`, and its cwd."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd, to_absolute_path
+
+    hydra_cfg = HydraConfig.get()
+    command = [sys.executable, to_absolute_path(sys.argv[0]), f"--config-name={hydra_cfg.job.config_name}"]
+    command += list(hydra_cfg.overrides.task)
+    command += [f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"', f"hydra.job.name=ddp_rank_{local_rank}",
+                "hydra.output_subdir=null"]
+    return command, get_original_cwd()
+
+
+class _JobScriptLauncher(_SubprocessScriptLauncher):
+    def _call_children_scripts(self) -> None:
+        # Lightning builds the children's Hydra command in this module-level function; swap in ours.
+        with mock.patch.object(subprocess_script, "_hydra_subprocess_cmd", job_command):
+            super()._call_children_scripts()
+
+
+class HydraDDPStrategy(DDPStrategy):
+    """`ddp` for Hydra jobs: children re-run this job, in this job's run dir."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if type(self._launcher) is _SubprocessScriptLauncher:
+            self._launcher = _JobScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)

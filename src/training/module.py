@@ -1,0 +1,129 @@
+"""The LightningModule: a bi-encoder (one shared tower, pooling and prompts from the model config) trained with
+InfoNCE over hard and in-batch negatives, validated by nDCG@10 on the dev split."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import AutoModel
+
+from src.encode.encoder import TextEncoder, resolve_dtype
+from src.encode.spec import EncoderSpec, resolve_model_path
+from src.encode.tokenizer import PromptTokenizer
+from src.eval.retrieval import evaluate_embeddings
+from src.training.loss import contrastive_loss
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1,
+                        warmup_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak rate, then linear decay to zero (warmup_steps overrides warmup_ratio)."""
+    warmup = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * num_training_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class BiEncoderModule(L.LightningModule):
+    def __init__(self, model_cfg: dict[str, Any], optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
+                 in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
+                 val_k: int = 100, search_backend: str = "auto"):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        spec = EncoderSpec.from_config(model_cfg)
+        model = AutoModel.from_pretrained(resolve_model_path(spec.name_or_path), revision=spec.revision,
+                                          trust_remote_code=spec.trust_remote_code, dtype=torch.float32)
+        model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.encoder = TextEncoder(model, PromptTokenizer.load(spec))
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self._val_parts: list = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        queries = self.encoder(**batch["queries"])
+        passages = self.encoder(**batch["passages"])
+        loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
+                                          self.hparams.temperature, self.hparams.in_batch_negatives)
+        size = batch["passage_idx"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/accuracy", accuracy, batch_size=size)
+        # Embedding spread across the batch: a collapse towards one vector shows here first.
+        self.log("train/embedding_std", passages.detach().std(dim=0).mean(), batch_size=size)
+        self.log("train/hard_negatives", (batch["passage_idx"][:, 1:] >= 0).float().sum(1).mean(), batch_size=size)
+        return loss
+
+    # Validation: encode the dev queries and the whole corpus, then nDCG@10 as evaluate.py computes it.
+    def on_validation_epoch_start(self) -> None:
+        self._val_parts = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        embeddings = self.encoder(**batch["tokens"])
+        self._val_parts.append((batch["kind"], batch["rows"].cpu().numpy(), embeddings.float().cpu().numpy()))
+
+    def on_validation_epoch_end(self) -> None:
+        data = self.trainer.datamodule.val_data
+        parts = self._val_parts
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, parts)
+            parts = [p for rank_parts in gathered for p in rank_parts]
+        if not parts:
+            return
+        dim = parts[0][2].shape[1]
+        matrices = {"query": np.zeros((len(data.queries), dim), np.float32),
+                    "passage": np.zeros((len(data.passages), dim), np.float32)}
+        for kind, rows, embeddings in parts:
+            matrices[kind][rows] = embeddings
+        result = evaluate_embeddings(data, matrices["query"], matrices["passage"], self.hparams.val_k,
+                                     self.hparams.search_backend)
+        # Every process computed the same numbers from the same gathered embeddings: no sync needed.
+        for name, value in result.metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
+        self._val_parts = []
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:  # as BERT and HF Trainer do: no weight decay on biases and norms
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = self.optimizer_factory(params=[{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                                   {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Random states travel with checkpoints: a resumed run draws the same dropout masks as an unbroken one.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                    "python": random.getstate(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(states["numpy"])
+            random.setstate(states["python"])
+            if states["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def training_precision(setting: str) -> str:
+    """Lightning precision: `auto` is bf16-mixed where the hardware computes bf16 natively, else 32-true."""
+    if setting != "auto":
+        return setting
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16-mixed" if resolve_dtype("auto", device) == torch.bfloat16 else "32-true"

@@ -1,0 +1,99 @@
+"""Train a bi-encoder with positive-aware hard-negative mining; export it; evaluate it.
+
+    python train.py                                     # quickstart on the bundled demo data
+    python train.py mining=topk_percpos model=e5 teacher=e5_mistral data=fiqa trainer=gpu
+    python train.py -m mining=naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+from src.data import dataset_dir, load_data  # noqa: E402
+from src.encode.encoder import load_encoder  # noqa: E402
+from src.eval.retrieval import evaluate_encoder, format_table, write_results  # noqa: E402
+from src.mining import mined_candidates  # noqa: E402
+from src.mining.methods import MiningMethod  # noqa: E402
+from src.training.export import export_model  # noqa: E402
+from src.training.module import training_precision  # noqa: E402
+from src.utils.runtime import finish_loggers, instantiate_callbacks, instantiate_loggers, log_config, task_wrapper  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def model_card(cfg: DictConfig, metrics: dict | None) -> str:
+    lines = [f"# {cfg.model.name} fine-tuned with positive-aware hard negatives", "",
+             f"- base model: `{cfg.model.name_or_path}`", f"- teacher: `{cfg.teacher.name}`",
+             f"- mining: `{OmegaConf.to_container(cfg.mining)}`", f"- data: `{cfg.data.path}` ({cfg.data.train_split})"]
+    if metrics:
+        lines.append(f"- {cfg.data.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return "\n".join(lines) + "\n"
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    if not cfg.data.get("val_split") and "model_checkpoint" in (cfg.get("callbacks") or {}):
+        with open_dict(cfg):  # nothing to monitor: keep the last epoch
+            cfg.callbacks.model_checkpoint.monitor = None
+            cfg.callbacks.model_checkpoint.filename = "epoch{epoch:02d}"
+    datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
+                                         method=MiningMethod.from_config(cfg.mining),
+                                         candidates_fn=functools.partial(mined_candidates, cfg))
+    module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
+                                                 logger=loggers or False,
+                                                 precision=training_precision(cfg.trainer.precision))
+    log_config(trainer.loggers, cfg)
+    if cfg.validate_before_training and cfg.data.get("val_split") and not cfg.trainer.get("fast_dev_run"):
+        trainer.validate(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return {}
+
+    out_dir = Path(cfg.paths.output_dir)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        log.info("Best checkpoint: %s", best)
+    model_dir = export_model(module.encoder.cpu(), out_dir / "model")
+    metrics = None
+    if cfg.test_after_training and (dataset_dir(cfg.data) / "qrels" / f"{cfg.data.split}.tsv").is_file():
+        # Evaluate the exported folder exactly as evaluate.py would (model=folder).
+        folder_cfg = OmegaConf.merge(OmegaConf.load(Path(cfg.paths.root_dir) / "conf/model/folder.yaml"),
+                                     {"name_or_path": str(model_dir)})
+        test = load_data(cfg.data, cfg.data.split)
+        result = evaluate_encoder(load_encoder(folder_cfg, cfg.encode), test, batch_size=cfg.encode.batch_size,
+                                  precision=cfg.encode.precision, backend=cfg.encode.search_backend,
+                                  progress=cfg.encode.progress)
+        write_results(result, out_dir)
+        metrics = result.metrics
+        for logger in trainer.loggers:
+            logger.log_metrics({f"test/{k}": v for k, v in metrics.items()})
+        print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}"))
+    (model_dir / "README.md").write_text(model_card(cfg, metrics))
+    finish_loggers(trainer.loggers)
+    print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
+    return metrics or {}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # the next job of a multirun starts its own group
+    return metrics.get("ndcg@10")
+
+
+if __name__ == "__main__":
+    main()
