@@ -25,8 +25,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data = load_data(cfg.data, cfg.data.split)
     encoder = load_encoder(cfg.model, cfg.encode)
     result = evaluate_encoder(encoder, data, k=cfg.k, batch_size=cfg.encode.batch_size,
-                              precision=cfg.encode.precision, backend=cfg.encode.search_backend,
-                              progress=cfg.encode.progress, ignore_identical_ids=cfg.ignore_identical_ids)
+                              backend=cfg.encode.search_backend, progress=cfg.encode.progress,
+                              ignore_identical_ids=cfg.ignore_identical_ids)
     out_dir = Path(cfg.paths.output_dir)
     write_results(result, out_dir, per_query=cfg.per_query, run_depth=cfg.run_depth)
     for logger in loggers:

@@ -49,7 +49,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
                                          method=MiningMethod.from_config(cfg.mining),
                                          candidates_fn=functools.partial(mined_candidates, cfg))
-    module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True))
+    # _convert_="all": plain dicts in the checkpoint, which then loads with torch.load(weights_only=True)
+    module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
+                                     _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
                                                  logger=loggers or False,
@@ -74,8 +76,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                      {"name_or_path": str(model_dir)})
         test = load_data(cfg.data, cfg.data.split)
         result = evaluate_encoder(load_encoder(folder_cfg, cfg.encode), test, batch_size=cfg.encode.batch_size,
-                                  precision=cfg.encode.precision, backend=cfg.encode.search_backend,
-                                  progress=cfg.encode.progress)
+                                  backend=cfg.encode.search_backend, progress=cfg.encode.progress)
         write_results(result, out_dir)
         metrics = result.metrics
         for logger in trainer.loggers:

@@ -252,17 +252,19 @@ def test_e5_mistral_pools_the_appended_eos(tiny_encoder):
 
 
 def test_nv_embed_pool_mask_hides_exactly_the_instruction(tiny_encoder):
-    """The zeroed pool_mask positions are BOS and the tokens lying wholly inside the instruction text, as the
-    card's `len(tokenizer.tokenize(instruction))` finds for a Llama-style tokenizer (the instruction's final
-    space is a token of its own when alone, but merges into the query's first word)."""
+    """The zeroed pool_mask positions are BOS and the tokens lying wholly inside the instruction text. For
+    queries starting with a word, that is the card's `len(tokenizer.tokenize(instruction))` for a Llama-style
+    tokenizer: the instruction's final space is a token of its own when alone ('▁'), but merges into the
+    query's first word ('▁why'). Where it does not merge ('▁', '('), the lone '▁' is instruction and is hidden."""
     encoder = tiny_encoder("nv_embed")
     hf, prefix = encoder.tokenizer.tokenizer, encoder.spec.query_prefix
-    queries = QUERIES[:3]
+    card_count = len(hf.tokenize(prefix))
+    queries = QUERIES[:3] + ["(lava) flows"]
     batch = encoder.tokenizer.pad(encoder.tokenizer(queries, "query"), "query")
     for row, query in enumerate(queries):
         offsets = hf(prefix + query, return_offsets_mapping=True)["offset_mapping"]
         inside = next(i for i, (start, end) in enumerate(offsets) if end > len(prefix))
-        assert inside == len(hf.tokenize(prefix))  # the card's count (BOS included, trailing space not)
+        assert inside == (card_count + 1 if query.startswith("(") else card_count)
         n = int(batch["attention_mask"][row].sum())
         assert batch["pool_mask"][row, :inside].eq(0).all()
         assert batch["pool_mask"][row, inside:n].eq(1).all()  # the query's first token and its EOS pool

@@ -32,7 +32,7 @@ class ShardedEmbeddings:
         return [i for i in range(self.n_shards) if not self.path(i).is_file()]
 
     def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int = 64,
-              precision: str = "auto", rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
+              rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
         """Encode and write this process's share of the missing shards (shard i belongs to rank i % world)."""
         if len(texts) != self.n_texts:
             raise ValueError(f"{self.folder}: expected {self.n_texts} texts, got {len(texts)}")
@@ -42,8 +42,7 @@ class ShardedEmbeddings:
                      self.n_shards)
         for shard in tqdm(todo, desc=f"{kind} shards", disable=not progress or len(todo) < 2):
             start = shard * self.shard_size
-            embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, precision,
-                                        progress=progress)
+            embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, progress=progress)
             with atomic_path(self.path(shard)) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, embeddings.astype(np.float16))

@@ -97,16 +97,20 @@ class TextEncoder(torch.nn.Module):
         return F.normalize(embeddings, dim=-1) if self.spec.normalize else embeddings
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], kind: str, batch_size: int = 64, precision: str = "auto",
+    def encode(self, texts: list[str], kind: str, batch_size: int = 64, precision: str | None = None,
                progress: bool = True, chunk_size: int = 8192) -> np.ndarray:
-        """Embeddings of `texts` as `kind` ('query' or 'passage'), float32, in input order."""
+        """Embeddings of `texts` as `kind` ('query' or 'passage'), float32, in input order.
+
+        The model runs in the dtype it was loaded in; `precision` (auto, bf16, fp16) autocasts an fp32 model.
+        """
         device = self.device
-        dtype = resolve_dtype(precision, device)
         out = np.empty((len(texts), 0), dtype=np.float32)
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32
-                                  and next(self.model.parameters()).dtype == torch.float32)
+        weights_fp32 = next(self.model.parameters()).dtype == torch.float32
+        dtype = resolve_dtype(precision, device) if precision else torch.float32
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=weights_fp32 and dtype != torch.float32)
         max_tokens = batch_size * self.spec.max_length(kind)
-        bar = tqdm(total=len(texts), desc="encode queries" if kind == "query" else "encode passages", unit=kind[0], disable=not progress, leave=False)
+        desc = "encode queries" if kind == "query" else "encode passages"
+        bar = tqdm(total=len(texts), desc=desc, unit=kind[0], disable=not progress, leave=False)
         with autocast:
             for start, ids in self._tokenized_chunks(texts, kind, chunk_size):
                 for rows in _length_sorted_batches(ids, max_tokens, max_rows=8 * batch_size):

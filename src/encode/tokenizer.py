@@ -23,7 +23,7 @@ class PromptTokenizer:
             raise ValueError(f"{spec.name_or_path}: append_eos is set but the tokenizer has no EOS token")
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
-        self.prefix_tokens = {kind: self._prefix_token_count(spec.prefix(kind)) for kind in KINDS}
+        self.prefix_ids = {kind: self._prefix_ids(spec.prefix(kind)) for kind in KINDS}
 
     @classmethod
     def load(cls, spec: EncoderSpec) -> PromptTokenizer:
@@ -31,14 +31,23 @@ class PromptTokenizer:
                                                   trust_remote_code=spec.trust_remote_code)
         return cls(tokenizer, spec)
 
-    def _prefix_token_count(self, prefix: str) -> int:
-        """Leading special tokens plus the prefix's own tokens: the positions `mask_prefix` keeps out of pooling."""
+    def _prefix_ids(self, prefix: str) -> list[int]:
+        """The prefix's token ids with leading special tokens (BOS, CLS) but not trailing ones (SEP, EOS)."""
         if not prefix:
-            return 0
+            return []
+        ids = self.tokenizer(prefix)["input_ids"]
         specials = set(self.tokenizer.all_special_ids)
-        probe = self.tokenizer("x")["input_ids"]
-        leading = next((i for i, t in enumerate(probe) if t not in specials), 0)
-        return leading + len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        while ids and ids[-1] in specials:
+            ids = ids[:-1]
+        return ids
+
+    def prefix_length(self, seq: list[int], kind: str) -> int:
+        """How many leading positions of `seq` are the prefix's (and leading special) tokens: `mask_prefix`
+        keeps them out of pooling. Counted per input, where the prefix's tokens agree with those of the prefix
+        alone: alone, a final space is a token of its own ('▁' in Llama/Mistral tokenizers) that usually merges
+        into the text's first word ('▁why'), so a fixed count would hide that word from the pooling."""
+        prefix = self.prefix_ids[kind]
+        return next((i for i, (a, b) in enumerate(zip(seq, prefix)) if a != b), min(len(seq), len(prefix)))
 
     def __call__(self, texts: list[str], kind: str) -> list[list[int]]:
         """Token ids (unpadded) of `texts` encoded as `kind` ('query' or 'passage')."""
@@ -63,8 +72,9 @@ class PromptTokenizer:
             input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             attention_mask[row, : len(seq)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.spec.mask_prefix and self.prefix_tokens[kind]:
+        if self.spec.mask_prefix and self.prefix_ids[kind]:
             pool_mask = attention_mask.clone()
-            pool_mask[:, : self.prefix_tokens[kind]] = 0
+            for row, seq in enumerate(ids):
+                pool_mask[row, : self.prefix_length(seq, kind)] = 0
             batch["pool_mask"] = pool_mask
         return batch

@@ -39,10 +39,9 @@ def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
 
 
 def evaluate_encoder(encoder: TextEncoder, data: RetrievalData, k: int = 100, batch_size: int = 64,
-                     precision: str = "auto", backend: str = "auto", progress: bool = True,
-                     ignore_identical_ids: bool = True) -> EvalResult:
-    passages = encoder.encode(data.passages, "passage", batch_size, precision, progress)
-    queries = encoder.encode(data.queries, "query", batch_size, precision, progress)
+                     backend: str = "auto", progress: bool = True, ignore_identical_ids: bool = True) -> EvalResult:
+    passages = encoder.encode(data.passages, "passage", batch_size, progress=progress)
+    queries = encoder.encode(data.queries, "query", batch_size, progress=progress)
     return evaluate_embeddings(data, queries, passages, k, backend, ignore_identical_ids)
 
 

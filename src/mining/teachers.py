@@ -67,8 +67,8 @@ class DenseTeacher:
             if store.missing():
                 if self.encoder is None:
                     self.encoder = load_encoder(self.model_cfg, self.encode_cfg)
-                store.build(self.encoder, texts, kind, self.encode_cfg.batch_size, self.encode_cfg.precision,
-                            rank, world, self.encode_cfg.progress)
+                store.build(self.encoder, texts, kind, self.encode_cfg.batch_size, rank, world,
+                            self.encode_cfg.progress)
         if world > 1:
             barrier()  # every shard exists before anyone searches
         self.query_embeddings = self.queries.load()

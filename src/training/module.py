@@ -106,16 +106,19 @@ class BiEncoderModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # Random states travel with checkpoints: a resumed run draws the same dropout masks as an unbroken one.
+    # Stored as tensors and lists only, so checkpoints load with torch.load(weights_only=True).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                    "python": random.getstate(),
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
+            name, keys, pos, has_gauss, gauss = states["numpy"]
+            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
             random.setstate(states["python"])
             if states["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,59 @@
+"""Composing the real Hydra configs in tests, shrunk to tiny models and temporary folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+
+def tiny_overrides(model_dir: Path, tmp_path: Path, groups: tuple[str, ...] = ("model", "teacher")) -> list[str]:
+    """A tiny model as student and/or teacher, short inputs, every artifact under tmp_path."""
+    out = [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}",
+           "encode.progress=false", "encode.precision=fp32", "logger=csv"]
+    for group in groups:
+        out += [f"{group}.name_or_path={model_dir}", f"{group}.query_max_length=32", f"{group}.passage_max_length=64"]
+    return out
+
+
+def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The composed config as the entry point would see it, with the run dir at `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]  # an entry point's cfg has no hydra node (HydraConfig holds it)
+    return cfg
+
+
+def run_script(script: str, args: list[str], timeout: int = 600, env: dict | None = None) -> str:
+    """Run an entry point as a user would; fail with its output if it fails."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result.stdout
+
+
+class StopAfterEpoch:
+    """A callback that ends fitting after the given epoch, as an interruption would (checkpoints written)."""
+
+    def __new__(cls, epoch: int = 0):
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_epoch_end(self, trainer, module):
+                if trainer.current_epoch >= epoch:
+                    trainer.should_stop = True
+
+        return _Stop()

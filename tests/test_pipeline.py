@@ -1,0 +1,123 @@
+"""mine.py, train.py and evaluate.py end to end on the demo data with tiny models (fast_dev_run and friends)."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from helpers import compose_cfg, run_script, tiny_overrides
+from src.data import load_data
+from src.data.candidates import read_manifest
+
+METRICS = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
+
+
+@pytest.fixture
+def tiny(tiny_bert_dir, tmp_path):
+    return tiny_overrides(tiny_bert_dir, tmp_path)
+
+
+def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tiny_bert_dir, tmp_path):
+    import mine
+    tiny = tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))
+    cfg = compose_cfg("mine", tiny + ["miner.depth=20", "miner.tail=8", "miner.shard_size=64"], tmp_path / "run")
+    report = mine.mine(cfg)
+    assert {r["method"] for r in report["methods"]["minilm"]} >= {"naive_topk", "topk_percpos", "random"}
+    assert (tmp_path / "run" / "scores_minilm.png").is_file() and (tmp_path / "run" / "mining_stats.json").is_file()
+
+    folder = next((tmp_path / "cache" / "candidates").glob("demo-train/minilm-*"))
+    manifest = read_manifest(folder)
+    assert manifest["counts"] == {"queries_in_split": 60, "queries_mined": 60, "queries_without_positive": 0,
+                                  "passages": 300}
+    assert manifest["miner"]["depth"] == 20 and manifest["teacher_pooling"] == "mean"
+    table = pq.read_table(folder / "candidates.parquet").to_pydict()
+    assert list(table) == ["query_id", "pos_ids", "pos_scores", "neg_ids", "neg_scores", "tail_ids", "tail_scores"]
+
+    # Brute force over the very embeddings the miner cached: every score, sort, drop positives, first 20.
+    data = load_data(cfg.data, "train")
+    emb_root = tmp_path / "cache" / "embeddings"
+    passages = np.concatenate([np.load(p) for p in sorted(emb_root.glob("*/passage-*/shard-*.npy"))]).astype(np.float32)
+    queries = np.load(next(emb_root.glob("*/query-*/shard-00000.npy"))).astype(np.float32)
+    scores = queries @ passages.T
+    for q, qid in enumerate(table["query_id"]):
+        positives = set(data.positives(qid))
+        assert set(table["pos_ids"][q]) == positives
+        order = sorted(range(len(passages)), key=lambda j: (-scores[q, j], j))
+        expected = [data.corpus_ids[j] for j in order if data.corpus_ids[j] not in positives][:20]
+        assert table["neg_ids"][q] == expected
+        np.testing.assert_allclose(table["neg_scores"][q], [scores[q, data.passage_index[p]] for p in expected],
+                                   atol=1e-5)
+        tail_scores = table["tail_scores"][q]
+        assert len(table["tail_ids"][q]) == 8 and tail_scores == sorted(tail_scores, reverse=True)
+        assert max(tail_scores) <= min(table["neg_scores"][q]) + 1e-6
+        assert not positives & set(table["tail_ids"][q])
+
+
+def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
+    import train
+    cfg = compose_cfg("train", tiny + ["debug=fdr"], tmp_path / "run")
+    metrics = train.train(cfg)
+    run = tmp_path / "run"
+    assert sorted(json.loads((run / "metrics.json").read_text())) == sorted(METRICS)
+    assert set(metrics) == set(METRICS)
+    assert (run / "model" / "modules.json").is_file() and (run / "mining_scores.png").is_file()
+
+
+def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):
+    out = tmp_path / "eval_run"
+    stdout = run_script("evaluate.py", ["model=e5", f"model.name_or_path={tiny_bert_dir}", "data.split=dev",
+                                        f"hydra.run.dir={out}", "encode.progress=false", "run_depth=10"])
+    assert "ndcg@10" in stdout and str(out) in stdout
+    assert list(json.loads((out / "metrics.json").read_text())) == METRICS
+    assert len((out / "per_query.tsv").read_text().splitlines()) == 31
+    assert len((out / "run.trec").read_text().splitlines()) == 300
+
+
+def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir, tmp_path):
+    """The exported folder encodes identically in sentence-transformers and in our encoder (prompts included)."""
+    import train
+    from sentence_transformers import SentenceTransformer
+
+    from src.encode.encoder import load_encoder
+    cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["debug=fdr", "model=e5",
+                                                                          f"model.name_or_path={tiny_bert_dir}"],
+                      tmp_path / "run")
+    train.train(cfg)
+    folder = tmp_path / "run" / "model"
+    ours = load_encoder({"name_or_path": str(folder)}, cfg.encode)
+    assert ours.spec.query_prefix == "query: " and ours.spec.passage_prefix == "passage: "
+    assert ours.spec.query_max_length == 32 and ours.spec.passage_max_length == 64
+    st = SentenceTransformer(str(folder), device="cpu")
+    texts = ["a short one", "a somewhat longer text about volcanoes and the plates under them " * 3]
+    np.testing.assert_allclose(ours.encode(texts, "passage", progress=False),
+                               st.encode(texts, prompt_name="document"), atol=1e-5)
+    np.testing.assert_allclose(ours.encode(texts[:1], "query", progress=False),
+                               st.encode(texts[:1], prompt_name="query"), atol=1e-5)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
+    """Two epochs straight vs one epoch, then resume from its checkpoint: same weights at the end."""
+    import train
+    common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
+                     "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                     "mining=sampled_topk"]
+    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    interrupted = common + ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    train.train(compose_cfg("train", interrupted, tmp_path / "first"))
+    resumed = compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+                          tmp_path / "resumed")
+    train.train(resumed)
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    again = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name, value in straight.items():
+        torch.testing.assert_close(again[name], value, msg=name)
+    losses = [_last_loss(tmp_path / run) for run in ("straight", "resumed")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def _last_loss(run):
+    import csv
+    rows = [r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]
+    return float(rows[-1]["train/loss"])
