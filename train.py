@@ -23,6 +23,7 @@ from src.encode.encoder import load_encoder  # noqa: E402
 from src.eval.retrieval import evaluate_encoder, format_table, write_results  # noqa: E402
 from src.mining import mined_candidates  # noqa: E402
 from src.mining.methods import MiningMethod  # noqa: E402
+from src.training.ddp import end_job  # noqa: E402
 from src.training.export import export_model  # noqa: E402
 from src.training.module import training_precision  # noqa: E402
 from src.utils.runtime import finish_loggers, instantiate_callbacks, instantiate_loggers, log_config, task_wrapper  # noqa: E402
@@ -90,9 +91,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # the next job of a multirun starts its own group
+    try:
+        metrics = train(cfg)
+    finally:
+        end_job()  # the next job of a multirun starts its own DDP processes
     return metrics.get("ndcg@10")
 
 

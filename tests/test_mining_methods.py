@@ -172,3 +172,9 @@ def test_sampling_with_fewer_candidates_than_negatives():
     c = candidates(scores=([0.25, 0.125],))
     neg = pick(MiningMethod("s", 4, select="sampled", sample_k=10), c)
     assert sorted(neg.idx[0].tolist()) == [10, 11, 80, 81] and neg.filled[0] == 2
+
+
+def test_percpos_stays_below_a_negative_positive_score():
+    c = candidates(pos=((-0.5,),), scores=([-0.25, -0.5, -0.625, -0.75],))
+    neg = pick(MiningMethod("percpos", 2, filter="percpos", perc=0.75), c)  # bound -0.5 - 0.125 = -0.625
+    assert ranks(neg) == [3, -1]

@@ -12,7 +12,9 @@ among the query's non-positive candidates, best first), with p the query's lowes
     percpos      n < p * perc                            (TopK-PercPos)
 
 A candidate exactly at the bound is removed: at the bound it is as close to the positive as the method allows
-no negative to be. Bounds are computed in float64 from the stored float32 scores.
+no negative to be. Bounds are computed in float64 from the stored float32 scores. PercPos keeps its meaning,
+"a fraction below the positive", for a negative p too (the bound is p - |p| * (1 - perc), which is p * perc
+for p >= 0); the paper's teachers score positives above zero.
 
     select       takes `num_negatives` of the kept candidates
     top          the best ones
@@ -100,7 +102,7 @@ def keep_mask(scores: np.ndarray, ranks: np.ndarray, pos_min: np.ndarray, method
     if method.filter == "marginpos":
         return present & (scores64 < p - method.margin)
     if method.filter == "percpos":
-        return present & (scores64 < p * method.perc)
+        return present & (scores64 < p - np.abs(p) * (1 - method.perc))
     return present
 
 

@@ -7,8 +7,11 @@ own, scattering output dirs. Here the children get the current job's overrides a
 
 from __future__ import annotations
 
+import os
 import sys
 from unittest import mock
+
+import torch.distributed as dist
 
 import lightning.pytorch.strategies.launchers.subprocess_script as subprocess_script
 from lightning.pytorch.strategies import DDPStrategy
@@ -28,11 +31,34 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
+# What the launcher sets in the parent's environment; left in place, the next job of a multirun would take its
+# processes as launched by someone else and wait forever for ranks that never start.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_env_before_launch: dict[str, str | None] | None = None
+
+
 class _JobScriptLauncher(_SubprocessScriptLauncher):
     def _call_children_scripts(self) -> None:
+        global _env_before_launch
+        _env_before_launch = {key: os.environ.get(key) for key in _LAUNCH_ENV}
         # Lightning builds the children's Hydra command in this module-level function; swap in ours.
         with mock.patch.object(subprocess_script, "_hydra_subprocess_cmd", job_command):
             super()._call_children_scripts()
+
+
+def end_job() -> None:
+    """After a job: leave the process group and, in the process that launched ranks, the launch environment,
+    so that the next job of a multirun starts its own."""
+    global _env_before_launch
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if _env_before_launch is not None:
+        for key, value in _env_before_launch.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _env_before_launch = None
 
 
 class HydraDDPStrategy(DDPStrategy):

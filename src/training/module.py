@@ -45,6 +45,8 @@ class BiEncoderModule(L.LightningModule):
         model = AutoModel.from_pretrained(resolve_model_path(spec.name_or_path), revision=spec.revision,
                                           trust_remote_code=spec.trust_remote_code, dtype=torch.float32)
         model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
+        if spec.pooling != "model" and getattr(model, "pooler", None) is not None:
+            model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.encoder = TextEncoder(model, PromptTokenizer.load(spec))

@@ -1,0 +1,78 @@
+"""The per-epoch sampler: ranks partition each epoch, negatives depend only on (seed, epoch, query)."""
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from helpers import compose_cfg, tiny_overrides
+from src.training.data import EpochSampler
+
+
+def test_ranks_partition_an_epoch_and_epochs_reshuffle():
+    per_rank = [list(EpochSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(items) == 4 for items in per_rank)  # 10 wraps to 12: equal batches on every rank
+    indices = [i for items in per_rank for i, _ in items]
+    assert set(indices) == set(range(10)) and len(indices) == 12
+    sampler = EpochSampler(10, seed=3)
+    first = list(sampler)
+    assert first == list(EpochSampler(10, seed=3))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [e for _, e in second] == [1] * 10 and [i for i, _ in second] != [i for i, _ in first]
+
+
+@pytest.fixture
+def datamodule(tiny_bert_dir, tmp_path):
+    import train  # noqa: F401  (sets PROJECT_ROOT like the entry point)
+    import functools
+
+    import hydra
+
+    from src.mining import mined_candidates
+    from src.mining.methods import MiningMethod
+    cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["mining=sampled_topk"], tmp_path / "run")
+    dm = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
+                                 method=MiningMethod.from_config(cfg.mining),
+                                 candidates_fn=functools.partial(mined_candidates, cfg))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_negatives_are_the_same_in_workers_and_rotate_by_epoch(datamodule):
+    dataset = datamodule.train_set
+    keys = [(i, 0) for i in range(len(dataset))]
+    in_process = [dataset[k].passage_idx for k in keys]
+    loader = DataLoader(dataset, batch_size=None, sampler=keys, num_workers=2)
+    assert [item.passage_idx for item in loader] == in_process
+    next_epoch = [dataset[(i, 1)].passage_idx for i in range(len(dataset))]
+    assert next_epoch != in_process  # sampled top-k draws again each epoch
+    assert [p[0] for p in next_epoch] == [p[0] for p in in_process]  # same positives
+
+
+def test_every_pair_is_trained_and_no_negative_is_a_positive(datamodule):
+    from src.mining.stats import method_stats
+    dataset = datamodule.train_set
+    assert len(dataset) == 61  # every (query, positive) pair of the demo train split
+    short_queries = set()
+    for i in range(len(dataset)):
+        item = dataset[(i, 0)]
+        positives = set(item.positive_idx[item.positive_idx >= 0].tolist())
+        assert item.passage_idx[0] in positives and len(item.passage_idx) == 5
+        negatives = [p for p in item.passage_idx[1:] if p >= 0]
+        assert not positives & set(negatives) and len(set(negatives)) == len(negatives)
+        if len(negatives) < 4:
+            short_queries.add(int(dataset.pairs[i][0]))
+    # A query short of negatives still trains (empty slots are masked), and the shortfall is counted.
+    stats = method_stats(list(datamodule.candidates.values()), datamodule.method)
+    assert stats.queries_short == len(short_queries)
+
+
+def test_batches_carry_what_the_loss_needs(datamodule):
+    datamodule.trainer = None
+    batch = next(iter(datamodule.train_dataloader()))
+    size = batch["passage_idx"].shape[0]
+    assert batch["passage_idx"].shape == (size, 5)
+    assert batch["passages"]["input_ids"].shape[0] == size * 5
+    assert batch["queries"]["input_ids"].shape[0] == size
+    assert np.all(batch["passages"]["attention_mask"].sum(1).numpy() <= 64)
