@@ -12,6 +12,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import functools  # noqa: E402
 import logging  # noqa: E402
+import time  # noqa: E402
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
@@ -26,6 +27,7 @@ from src.mining.methods import MiningMethod  # noqa: E402
 from src.training.ddp import end_job  # noqa: E402
 from src.training.export import export_model  # noqa: E402
 from src.training.module import training_precision  # noqa: E402
+from src.utils.io import write_json_atomic  # noqa: E402
 from src.utils.runtime import finish_loggers, instantiate_callbacks, instantiate_loggers, log_config, task_wrapper  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_config(trainer.loggers, cfg)
     if cfg.validate_before_training and cfg.data.get("val_split") and not cfg.trainer.get("fast_dev_run"):
         trainer.validate(module, datamodule=datamodule)
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
 
@@ -69,7 +73,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
         log.info("Best checkpoint: %s", best)
-    model_dir = export_model(module.encoder.cpu(), out_dir / "model")
+    model_dir = export_model(module.encoder.cpu(), out_dir / "model",
+                             module.passage_encoder.cpu() if module.passage_encoder is not None else None)
     metrics = None
     if cfg.test_after_training and (dataset_dir(cfg.data) / "qrels" / f"{cfg.data.split}.tsv").is_file():
         # Evaluate the exported folder exactly as evaluate.py would (model=folder).
@@ -84,6 +89,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_metrics({f"test/{k}": v for k, v in metrics.items()})
         print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}"))
     (model_dir / "README.md").write_text(model_card(cfg, metrics))
+    write_json_atomic(out_dir / "summary.json", {
+        "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
+        "data": str(cfg.data.path), "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
+        "train_pairs": len(datamodule.train_set), "metrics": metrics})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
     return metrics or {}

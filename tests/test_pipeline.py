@@ -121,3 +121,23 @@ def _last_loss(run):
     import csv
     rows = [r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]
     return float(rows[-1]["train/loss"])
+
+
+def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
+    import train
+    from sentence_transformers import SentenceTransformer
+
+    from src.encode.encoder import DualEncoder, load_encoder
+    cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + [
+        "debug=limit", "module.shared_weights=false", "module.optimizer.lr=1e-3", "validate_before_training=false"],
+        tmp_path / "run")
+    metrics = train.train(cfg)
+    folder = tmp_path / "run" / "model"
+    encoder = load_encoder({"name_or_path": str(folder)}, cfg.encode)
+    assert isinstance(encoder, DualEncoder) and set(metrics) == set(METRICS)
+    texts = ["volcanoes and plates", "a passage about how bread rises in the oven"]
+    as_query, as_passage = encoder.encode(texts, "query", progress=False), encoder.encode(texts, "passage", progress=False)
+    assert np.abs(as_query - as_passage).max() > 1e-3  # the towers were trained apart
+    np.testing.assert_allclose(as_passage, SentenceTransformer(str(folder / "passage_encoder")).encode(texts),
+                               atol=1e-5)
+    np.testing.assert_allclose(as_query, SentenceTransformer(str(folder)).encode(texts), atol=1e-5)

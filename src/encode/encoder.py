@@ -11,6 +11,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,23 @@ def _length_sorted_batches(ids: list[list[int]], max_tokens: int, max_rows: int)
         yield batch
 
 
-def load_encoder(model_cfg, encode_cfg) -> TextEncoder:
+class DualEncoder:
+    """An untied model: queries through one tower, passages through the other."""
+
+    def __init__(self, query: TextEncoder, passage: TextEncoder):
+        self.query, self.passage, self.spec = query, passage, query.spec
+
+    def encode(self, texts: list[str], kind: str, *args, **kwargs) -> np.ndarray:
+        return (self.query if kind == "query" else self.passage).encode(texts, kind, *args, **kwargs)
+
+
+def load_encoder(model_cfg, encode_cfg) -> TextEncoder | DualEncoder:
     """An inference encoder from a model config and the `encode` settings (device, precision)."""
     device = resolve_device(encode_cfg.device)
-    return TextEncoder.load(EncoderSpec.from_config(model_cfg), device, resolve_dtype(encode_cfg.precision, device))
+    dtype = resolve_dtype(encode_cfg.precision, device)
+    spec = EncoderSpec.from_config(model_cfg)
+    encoder = TextEncoder.load(spec, device, dtype)
+    if not spec.passage_tower:
+        return encoder
+    tower = replace(spec, name_or_path=str(Path(spec.name_or_path) / spec.passage_tower), passage_tower=None)
+    return DualEncoder(encoder, TextEncoder.load(tower, device, dtype))

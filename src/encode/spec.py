@@ -35,6 +35,7 @@ class EncoderSpec:
     append_eos: bool | None = None  # decoder embedders (e5-mistral, NV-Embed) end every input with EOS
     mask_prefix: bool | None = None  # keep instruction tokens out of the pooling (NV-Embed, NV-Retriever)
     trust_remote_code: bool = False  # only configs whose model needs its own code opt in
+    passage_tower: str | None = None  # an exported untied model: the passage tower's subfolder
 
     @classmethod
     def from_config(cls, cfg: Any) -> EncoderSpec:
@@ -47,7 +48,8 @@ class EncoderSpec:
         """Fill unset fields from a sentence-transformers folder, then from defaults; validate."""
         found = read_sentence_transformers_settings(local_path(self.name_or_path))
         defaults = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
-                        query_max_length=512, passage_max_length=512, append_eos=False, mask_prefix=False)
+                        query_max_length=512, passage_max_length=512, append_eos=False, mask_prefix=False,
+                        passage_tower=None)
         updates = {k: found.get(k, defaults[k]) for k in defaults if getattr(self, k) is None}
         spec = replace(self, **updates)
         if spec.pooling not in POOLINGS:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.beir import RetrievalData
-from src.encode.encoder import TextEncoder
+from src.encode.encoder import DualEncoder, TextEncoder
 from src.encode.search import exact_search
 from src.eval.metrics import MEASURES, Run, mean_metrics, per_query_metrics
 
@@ -38,7 +38,7 @@ def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
     return run
 
 
-def evaluate_encoder(encoder: TextEncoder, data: RetrievalData, k: int = 100, batch_size: int = 64,
+def evaluate_encoder(encoder: TextEncoder | DualEncoder, data: RetrievalData, k: int = 100, batch_size: int = 64,
                      backend: str = "auto", progress: bool = True, ignore_identical_ids: bool = True) -> EvalResult:
     passages = encoder.encode(data.passages, "passage", batch_size, progress=progress)
     queries = encoder.encode(data.queries, "query", batch_size, progress=progress)

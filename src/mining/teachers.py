@@ -17,7 +17,7 @@ import numpy as np
 
 from src.data.beir import RetrievalData
 from src.encode.embedding_cache import ShardedEmbeddings
-from src.encode.encoder import TextEncoder, load_encoder
+from src.encode.encoder import DualEncoder, TextEncoder, load_encoder
 from src.encode.search import exact_search
 from src.encode.spec import EncoderSpec, resolve_model_path
 from src.utils.distributed import barrier
@@ -42,7 +42,7 @@ class DenseTeacher:
         self.name, self.model_cfg, self.encode_cfg = name, model_cfg, encode_cfg
         self.spec = EncoderSpec.from_config(model_cfg)
         self.cache_dir, self.shard_size = Path(cache_dir), shard_size
-        self.encoder: TextEncoder | None = None
+        self.encoder: TextEncoder | DualEncoder | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": "dense", **self.spec.as_dict(), "precision": self.encode_cfg.precision}
@@ -51,7 +51,8 @@ class DenseTeacher:
         """For the manifest: the spec plus where the weights came from."""
         info = {**self.fingerprint(), "model_path": resolve_model_path(self.spec.name_or_path)}
         if self.encoder is not None:
-            info["commit"] = getattr(self.encoder.model.config, "_commit_hash", None)
+            model = self.encoder.query.model if isinstance(self.encoder, DualEncoder) else self.encoder.model
+            info["commit"] = getattr(model.config, "_commit_hash", None)
         return info
 
     def _embeddings(self, texts: list[str], kind: str) -> ShardedEmbeddings:

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from src.mining.stats import format_table, method_stats, plot_margins, plot_score_distributions
+from src.utils.io import write_json_atomic
 from src.utils.runtime import log_figures
 
 
@@ -28,6 +29,7 @@ class MiningStatsCallback(L.Callback):
                    "mining/queries_filled": stats.queries_filled, "mining/queries_short": stats.queries_short,
                    "mining/queries": stats.queries}
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.output_dir / "mining_stats.json", {**metrics, "table": stats.row()})
         figures = {"mining/scores": plot_score_distributions([stats], self.output_dir / "mining_scores.png"),
                    "mining/margins": plot_margins([stats], self.output_dir / "mining_margins.png")}
         for logger in trainer.loggers:

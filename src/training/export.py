@@ -20,8 +20,12 @@ def _write(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def export_model(encoder: TextEncoder, folder: Path, card: str = "") -> Path:
-    """Write weights, tokenizer and sentence-transformers module files to `folder`."""
+PASSAGE_TOWER = "passage_encoder"
+
+
+def export_model(encoder: TextEncoder, folder: Path, passage_encoder: TextEncoder | None = None) -> Path:
+    """Write weights, tokenizer and sentence-transformers module files to `folder`. An untied passage tower
+    goes to `folder/passage_encoder` (itself a sentence-transformers folder); `folder` is the query tower."""
     spec = encoder.spec
     if spec.pooling not in POOLING_KEYS:
         raise ValueError(f"pooling {spec.pooling!r} lives in the model's own code and cannot be exported")
@@ -44,9 +48,10 @@ def export_model(encoder: TextEncoder, folder: Path, card: str = "") -> Path:
                if prefix}
     _write(folder / "config_sentence_transformers.json",
            {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
-    _write(folder / "encoder_spec.json", {"query_max_length": spec.query_max_length,
-                                          "passage_max_length": spec.passage_max_length,
-                                          "append_eos": spec.append_eos, "mask_prefix": spec.mask_prefix})
-    if card:
-        (folder / "README.md").write_text(card)
+    extra = {"query_max_length": spec.query_max_length, "passage_max_length": spec.passage_max_length,
+             "append_eos": spec.append_eos, "mask_prefix": spec.mask_prefix}
+    if passage_encoder is not None:
+        export_model(passage_encoder, folder / PASSAGE_TOWER)
+        extra["passage_tower"] = PASSAGE_TOWER
+    _write(folder / "encoder_spec.json", extra)
     return folder

@@ -1,8 +1,9 @@
-"""The LightningModule: a bi-encoder (one shared tower, pooling and prompts from the model config) trained with
-InfoNCE over hard and in-batch negatives, validated by nDCG@10 on the dev split."""
+"""The LightningModule: a bi-encoder (one shared tower by default, or a query and a passage tower; pooling and
+prompts from the model config) trained with InfoNCE over hard and in-batch negatives, validated by nDCG@10."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable
@@ -38,7 +39,7 @@ class BiEncoderModule(L.LightningModule):
     def __init__(self, model_cfg: dict[str, Any], optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
                  in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
-                 val_k: int = 100, search_backend: str = "auto"):
+                 val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         spec = EncoderSpec.from_config(model_cfg)
@@ -49,13 +50,18 @@ class BiEncoderModule(L.LightningModule):
             model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.encoder = TextEncoder(model, PromptTokenizer.load(spec))
+        tokenizer = PromptTokenizer.load(spec)
+        self.encoder = TextEncoder(model, tokenizer)  # the query tower, and the passage tower when shared
+        self.passage_encoder = None if shared_weights else TextEncoder(copy.deepcopy(model), tokenizer)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._val_parts: list = []
 
+    def tower(self, kind: str) -> TextEncoder:
+        return self.passage_encoder if kind == "passage" and self.passage_encoder is not None else self.encoder
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        queries = self.encoder(**batch["queries"])
-        passages = self.encoder(**batch["passages"])
+        queries = self.tower("query")(**batch["queries"])
+        passages = self.tower("passage")(**batch["passages"])
         loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
                                           self.hparams.temperature, self.hparams.in_batch_negatives)
         size = batch["passage_idx"].shape[0]
@@ -71,7 +77,7 @@ class BiEncoderModule(L.LightningModule):
         self._val_parts = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        embeddings = self.encoder(**batch["tokens"])
+        embeddings = self.tower(batch["kind"])(**batch["tokens"])
         self._val_parts.append((batch["kind"], batch["rows"].cpu().numpy(), embeddings.float().cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:

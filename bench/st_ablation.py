@@ -1,0 +1,99 @@
+"""The sentence-transformers side of the ablation (docs/results.md): mine with mine_hard_negatives, train with
+MultipleNegativesRankingLoss, score the saved model with our evaluate code (the same metrics as ours).
+
+    python bench/st_ablation.py --out logs/st_ablation/gpu                               # the anchors' recipe
+    python bench/st_ablation.py --teachers minilm,round2=logs/scifact/round1/model --seeds 1,2,3
+
+One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds.
+Methods without a sentence-transformers equivalent (top1_sampled_topk) are skipped; BM25 is not a
+sentence-transformers teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from bench.st_common import ST_METHODS, pairs, st_mine, st_train  # noqa: E402
+from src.data.beir import load_split  # noqa: E402
+from src.encode.encoder import load_encoder  # noqa: E402
+from src.encode.spec import resolve_model_path  # noqa: E402
+from src.eval.retrieval import evaluate_encoder  # noqa: E402
+from src.training.module import training_precision  # noqa: E402
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+METHODS = "none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-split", default="dev")
+    parser.add_argument("--base", default=MINILM)
+    parser.add_argument("--teachers", default="minilm", help="name[=model path], comma-separated; minilm = --base")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--eval-precision", default="auto", help="as our encode.precision (auto: bf16 where native)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if not (args.data / "corpus.jsonl").is_file():
+        print(f"SKIP: no BEIR data at {args.data}")
+        return
+    from sentence_transformers import SentenceTransformer
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, evaluation = load_split(args.data, args.train_split), load_split(args.data, args.eval_split)
+    dataset = pairs(train)
+    bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides
+    encode_cfg = OmegaConf.create({"device": "auto", "precision": args.eval_precision})
+    for teacher_spec in args.teachers.split(","):
+        name, _, path = teacher_spec.partition("=")
+        teacher = SentenceTransformer(resolve_model_path(path or args.base))
+        teacher.max_seq_length = args.max_length
+        with tempfile.TemporaryDirectory() as cache:
+            cold = None
+            for method in args.methods.split(","):
+                if ST_METHODS.get(method, None) is None:
+                    print(f"skip {method}: no sentence-transformers equivalent")
+                    continue
+                mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))
+                cold = cold if cold is not None or not mining_seconds else mining_seconds  # first one encodes
+                for seed in args.seeds.split(","):
+                    target = args.out / f"{name}-{method}-seed{seed}.json"
+                    if target.is_file():
+                        continue  # resumable: finished runs are kept
+                    torch.manual_seed(int(seed))
+                    student = SentenceTransformer(resolve_model_path(args.base))
+                    student.max_seq_length = args.max_length
+                    with tempfile.TemporaryDirectory() as tmp:
+                        seconds = st_train(student, mined, Path(tmp) / "trainer", args.epochs, args.batch_size,
+                                           args.lr, bf16=bf16, seed=int(seed))
+                        student.save(str(Path(tmp) / "model"))
+                        encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
+                        metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
+                    run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
+                           "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
+                           "mining_seconds_cold": cold, "train_seconds": seconds}
+                    target.write_text(json.dumps(run, indent=2) + "\n")
+                    print(json.dumps({k: run[k] for k in ("method", "teacher", "seed", "rows_kept")}),
+                          f"ndcg@10 {metrics['ndcg@10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

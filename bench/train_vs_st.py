@@ -1,0 +1,147 @@
+"""Training throughput: ours against sentence-transformers' trainer with MultipleNegativesRankingLoss.
+
+    python bench/train_vs_st.py                      # SciFact train, MiniLM, batch 32, 1 query + 5 passages, 256
+    python bench/train_vs_st.py --steps 60 --batch-size 32 --precision bf16
+
+Same model, batch size, negatives (our naive top-4, given to both), max length and precision. Each side runs
+`--steps` optimizer steps; samples/s is measured from the end of step `--warmup` to the end of the last step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+STEP_TIMES: list[float] = []
+
+
+def _now() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class StepTimer(L.Callback):
+    """Records the wall time at the end of every training step (ours)."""
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        STEP_TIMES.append(_now())
+
+
+def rate(times: list[float], warmup: int, batch_size: int) -> float:
+    return (len(times) - warmup) * batch_size / (times[-1] - times[warmup - 1])
+
+
+def ours(args, cache: Path, out: Path) -> float:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import train
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            f"data.path={args.data}", "data.val_split=null", "mining=naive_topk", f"model.name_or_path={args.model}",
+            f"teacher.name_or_path={args.model}", f"model.query_max_length={args.max_length}",
+            f"model.passage_max_length={args.max_length}", f"datamodule.batch_size={args.batch_size}",
+            f"datamodule.num_workers={args.workers}", f"+trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
+            f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
+            "validate_before_training=false", "test_after_training=false", "logger=csv",
+            "+callbacks.timer._target_=bench.train_vs_st.StepTimer", f"paths.cache_dir={cache}",
+            "encode.progress=false"])
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        del cfg["hydra"]
+    train.train(cfg)
+    return rate(STEP_TIMES, args.warmup, args.batch_size)
+
+
+def st_dataset(args, cache: Path):
+    """(anchor, positive, negative_1..4) rows from our stored naive top-4 candidates, for sentence-transformers."""
+    from datasets import Dataset
+    from hydra import compose, initialize_config_dir
+
+    from src.data.beir import load_split
+    from src.mining import mined_candidates
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("mine", overrides=[f"data.path={args.data}", f"teacher.name_or_path={args.model}",
+                                         f"paths.cache_dir={cache}", "encode.progress=false"])
+    data = load_split(args.data, "train")
+    c = mined_candidates(cfg, data)["minilm"]
+    text = dict(zip(data.query_ids, data.queries))
+    rows: dict[str, list] = {k: [] for k in ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 5)]}
+    for q, qid in enumerate(c.query_ids):
+        for p in c.pos_idx[q][c.pos_idx[q] >= 0]:
+            rows["anchor"].append(text[qid])
+            rows["positive"].append(data.passages[p])
+            for i in range(4):
+                rows[f"negative_{i + 1}"].append(data.passages[c.neg_idx[q, i]])
+    return Dataset.from_dict(rows)
+
+
+def sentence_transformers(args, dataset, out: Path) -> float:
+    from sentence_transformers import SentenceTransformer
+    from transformers import TrainerCallback
+
+    from bench.st_common import st_train
+    from src.encode.spec import resolve_model_path
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(_now())
+
+    model = SentenceTransformer(resolve_model_path(args.model))
+    model.max_seq_length = args.max_length
+    st_train(model, dataset, out, batch_size=args.batch_size, bf16=args.precision == "bf16", max_steps=args.steps,
+             callbacks=(Timer(),), workers=args.workers)
+    return rate(times, args.warmup, args.batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--model", default=MINILM)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32",
+                        choices=["bf16", "fp32"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if not (args.data / "corpus.jsonl").is_file():
+        print(f"SKIP: no BEIR data at {args.data}")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        dataset = st_dataset(args, cache)  # mines once; ours then finds the same candidates in the cache
+        st = sentence_transformers(args, dataset, Path(tmp) / "st")
+        us = ours(args, cache, Path(tmp) / "ours")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    result = {"device": device, "precision": args.precision, "batch_size": args.batch_size,
+              "passages_per_query": 5, "max_length": args.max_length, "steps": args.steps,
+              "ours_samples_per_s": round(us, 1), "st_samples_per_s": round(st, 1), "speedup": round(us / st, 2)}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
