@@ -39,6 +39,14 @@ def test_crlf_and_headerless_qrels(tmp_path):
     assert data.qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
 
 
+def test_splits_joined_with_plus_are_read_as_one(tmp_path):
+    root = write_beir(tmp_path)
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\nq1\td1\t1\n")
+    data = load_split(root, "test+dev")
+    assert data.qrels == {"q1": {"d1": 1}, "q2": {"d3": 2, "d2": 1}}
+    assert data.report.judgements == 4 and data.report.repeated_judgements == 1
+
+
 @pytest.mark.parametrize("corpus, line, message", [
     ('{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": \n', 2, "malformed JSON"),
     ('{"_id": "d1", "text": "ok"}\n{"title": "t", "text": "no id"}\n', 2, "missing field '_id'"),

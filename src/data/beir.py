@@ -123,12 +123,16 @@ def read_corpus(path: Path, use_title: bool = True) -> tuple[list[str], list[str
     return ids, [join_passage(title, text) if use_title else text for title, text in fields]
 
 
-def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], int, int]:
+Qrels = dict[str, dict[str, int]]
+
+
+def read_qrels(path: Path, qrels: Qrels | None = None) -> tuple[Qrels, int, int]:
     """Qrels as {query: {passage: score}}, the number of judgement rows and of repeated pairs.
 
     Tab-separated `query-id corpus-id score`; a header row is recognised by its non-integer score column.
+    Rows are added to `qrels` when given (several splits read into one).
     """
-    qrels: dict[str, dict[str, int]] = {}
+    qrels = {} if qrels is None else qrels
     rows = repeated = 0
     with open(path, encoding="utf-8", newline="") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -156,17 +160,24 @@ def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], int, int]:
 
 
 def load_split(path: str | Path, split: str, strict: bool = False, use_title: bool = True) -> RetrievalData:
-    """Load the corpus and the judged queries of `split` from a BEIR folder, reporting what does not fit."""
+    """Load the corpus and the judged queries of `split` from a BEIR folder, reporting what does not fit.
+
+    `split` may join several with '+' (`train+dev`: e.g. the final model trained on every labelled query)."""
     root = Path(path)
-    qrels_path = root / "qrels" / f"{split}.tsv"
-    for required in (root / "corpus.jsonl", root / "queries.jsonl", qrels_path):
+    qrels_paths = [root / "qrels" / f"{name}.tsv" for name in split.split("+")]
+    for required in (root / "corpus.jsonl", root / "queries.jsonl", *qrels_paths):
         if not required.is_file():
             raise FileNotFoundError(f"{required} not found (a BEIR folder holds corpus.jsonl, queries.jsonl, "
                                     f"qrels/<split>.tsv; splits here: {available_splits(root)})")
     corpus_ids, passages = read_corpus(root / "corpus.jsonl", use_title)
     all_query_ids, query_fields = read_jsonl_texts(root / "queries.jsonl", ("text",))
-    qrels, rows, repeated = read_qrels(qrels_path)
+    qrels: Qrels = {}
+    rows = repeated = 0
+    for qrels_path in qrels_paths:
+        _, added, again = read_qrels(qrels_path, qrels)
+        rows, repeated = rows + added, repeated + again
 
+    qrels_where = " + ".join(str(p) for p in qrels_paths)
     report = LoadReport(split=split, judgements=rows, repeated_judgements=repeated)
     query_text = {qid: f[0] for qid, f in zip(all_query_ids, query_fields)}
     corpus_set = set(corpus_ids)
@@ -177,9 +188,9 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
         1 for qid in query_ids if not any(s > 0 and pid in corpus_set for pid, s in qrels[qid].items()))
 
     if strict and (report.unknown_query_ids or report.unknown_passage_ids):
-        raise DataFormatError(qrels_path, None, "; ".join(report.problems) + " (data.strict=true)")
+        raise DataFormatError(qrels_where, None, "; ".join(report.problems) + " (data.strict=true)")
     for problem in report.problems:
-        log.warning("%s: %s", qrels_path, problem)
+        log.warning("%s: %s", qrels_where, problem)
     log.info("Loaded %s: %d passages, %d queries, %d judgements", root, len(corpus_ids), len(query_ids), rows)
     return RetrievalData(corpus_ids, passages, query_ids, [query_text[q] for q in query_ids],
                          {q: qrels[q] for q in query_ids}, report)
