@@ -77,10 +77,14 @@ class DenseTeacher:
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_search(self.query_embeddings, self.passages.shards(), k, self.encode_cfg.search_backend)
 
-    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray:
-        vectors = self.passages.rows(passage_idx.reshape(-1)).reshape(*passage_idx.shape, -1)
-        scores = np.einsum("qd,qkd->qk", self.query_embeddings[query_rows], vectors)
-        return np.where(passage_idx >= 0, scores, np.nan).astype(np.float32)
+    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        out = np.empty(passage_idx.shape, dtype=np.float32)
+        for start in range(0, len(query_rows), chunk):  # bounded memory: chunk x width passage vectors at a time
+            idx = passage_idx[start:start + chunk]
+            vectors = self.passages.rows(idx.reshape(-1)).reshape(*idx.shape, -1)
+            scores = np.einsum("qd,qkd->qk", self.query_embeddings[query_rows[start:start + chunk]], vectors)
+            out[start:start + chunk] = np.where(idx >= 0, scores, np.nan)
+        return out
 
 
 class BM25Teacher:
