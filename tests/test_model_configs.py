@@ -96,7 +96,7 @@ def tiny_encoder(tiny_dirs):
 
 
 def encode(encoder: TextEncoder, texts: list[str], kind: str) -> np.ndarray:
-    return encoder.encode(texts, kind, precision="fp32", progress=False)
+    return encoder.encode(texts, kind, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -330,3 +330,23 @@ def test_folder_config_reads_the_minilm_folder(minilm_encoder, minilm_path):
     assert folder.pooling == "mean" and folder.normalize is True
     assert folder.query_max_length == folder.passage_max_length == 256
     assert replace(folder, name_or_path=minilm_encoder.spec.name_or_path) == minilm_encoder.spec
+
+
+# ------------------------------------------------------------------------------------- inference precision
+
+def test_small_models_keep_fp32_weights_and_autocast_large_ones_load_in_the_compute_dtype(tiny_bert_dir,
+                                                                                         monkeypatch):
+    import src.encode.encoder as encoder_module
+
+    spec = EncoderSpec.from_config({"name_or_path": str(tiny_bert_dir)})
+    texts = ["a short query", "a longer passage about something else entirely"]
+    reference = TextEncoder.load(spec, precision="fp32").encode(texts, "passage", progress=False)
+    small = TextEncoder.load(spec, precision="bf16")
+    assert next(small.model.parameters()).dtype == torch.float32 and small.compute_dtype == torch.bfloat16
+    autocast = small.encode(texts, "passage", progress=False)
+    assert not np.array_equal(autocast, reference)  # bf16 did run
+    np.testing.assert_allclose(autocast, reference, atol=2e-2)
+    monkeypatch.setattr(encoder_module, "LARGE_MODEL_PARAMETERS", encoder_module.parameter_count(spec))
+    large = TextEncoder.load(spec, precision="bf16")
+    assert next(large.model.parameters()).dtype == torch.bfloat16
+    np.testing.assert_allclose(large.encode(texts, "passage", progress=False), reference, atol=5e-2)
