@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -27,6 +26,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.st_common import device_name  # noqa: E402
 from src.data.beir import load_split  # noqa: E402
 from src.encode.spec import resolve_model_path  # noqa: E402
 
@@ -132,8 +132,7 @@ def main() -> None:
             agree += len(set(negatives) & set(us["naive"][qid]))
             total += len(negatives)
     result = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'cpu'}, "
-                                                                       f"{torch.get_num_threads()} threads",
+        "device": device_name(),
         "data": f"{data_dir.name if not args.synthetic else f'synthetic {args.synthetic}'} / {split}",
         "ours_seconds": round(us["seconds"], 1), "st_seconds": round(st["seconds"], 1),
         "speedup": round(st["seconds"] / us["seconds"], 2), "ours_precision": args.precision,

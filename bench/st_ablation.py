@@ -3,6 +3,8 @@ MultipleNegativesRankingLoss, score the saved model with our evaluate code (the 
 
     python bench/st_ablation.py --out logs/st_ablation/gpu                               # the anchors' recipe
     python bench/st_ablation.py --teachers minilm,round2=logs/scifact/round1/model --seeds 1,2,3
+    python bench/st_ablation.py --out logs/st_ablation/cpu --max-length 128 --epochs 1 --attention-dropout 0 \
+        --seeds 1          # the reduced CPU setting of experiment=scifact/ablation_cpu
 
 One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds.
 Methods without a sentence-transformers equivalent (top1_sampled_topk) are skipped; BM25 is not a
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-precision", default="auto", help="as our encode.precision (auto: bf16 where native)")
+    parser.add_argument("--attention-dropout", type=float, help="the student's, as module.config_overrides")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
@@ -60,12 +63,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, evaluation = load_split(args.data, args.train_split), load_split(args.data, args.eval_split)
     dataset = pairs(train)
+    config_kwargs = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides
     encode_cfg = OmegaConf.create({"device": "auto", "precision": args.eval_precision})
     for teacher_spec in args.teachers.split(","):
         name, _, path = teacher_spec.partition("=")
-        teacher = SentenceTransformer(resolve_model_path(path or args.base))
-        teacher.max_seq_length = args.max_length
+        teacher = SentenceTransformer(resolve_model_path(path or args.base))  # its own max length, as ours
         with tempfile.TemporaryDirectory() as cache:
             cold = None
             for method in args.methods.split(","):
@@ -79,7 +82,7 @@ def main() -> None:
                     if target.is_file():
                         continue  # resumable: finished runs are kept
                     torch.manual_seed(int(seed))
-                    student = SentenceTransformer(resolve_model_path(args.base))
+                    student = SentenceTransformer(resolve_model_path(args.base), config_kwargs=config_kwargs)
                     student.max_seq_length = args.max_length
                     with tempfile.TemporaryDirectory() as tmp:
                         seconds = st_train(student, mined, Path(tmp) / "trainer", args.epochs, args.batch_size,

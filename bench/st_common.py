@@ -1,5 +1,6 @@
 """sentence-transformers as users run it: mine_hard_negatives, then its trainer with
-MultipleNegativesRankingLoss. The baseline of the benchmarks and of the ablation report."""
+MultipleNegativesRankingLoss. The baseline of the benchmarks and of the ablation report; and the device
+name every benchmark records."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from pathlib import Path
 import torch
 
 from src.data.beir import RetrievalData
+
+def device_name() -> str:
+    """The GPU's name, else the CPU's model and the threads torch uses."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").is_file() else "CPU"
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
 
 # Our mining methods in sentence-transformers' terms (None: not expressible there).
 ST_METHODS: dict[str, dict | None] = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -67,7 +66,9 @@ def ours(args, cache: Path, out: Path) -> float:
         cfg.paths.output_dir = str(out)
         del cfg["hydra"]
     train.train(cfg)
-    return rate(STEP_TIMES, args.warmup, args.batch_size)
+    # Hydra instantiates StepTimer from the module `bench.train_vs_st`, which is not this `__main__`.
+    from bench.train_vs_st import STEP_TIMES as recorded
+    return rate(recorded, args.warmup, args.batch_size)
 
 
 def st_dataset(args, cache: Path):
@@ -133,9 +134,8 @@ def main() -> None:
         dataset = st_dataset(args, cache)  # mines once; ours then finds the same candidates in the cache
         st = sentence_transformers(args, dataset, Path(tmp) / "st")
         us = ours(args, cache, Path(tmp) / "ours")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    result = {"device": device, "precision": args.precision, "batch_size": args.batch_size,
+    from bench.st_common import device_name
+    result = {"device": device_name(), "precision": args.precision, "batch_size": args.batch_size,
               "passages_per_query": 5, "max_length": args.max_length, "steps": args.steps,
               "ours_samples_per_s": round(us, 1), "st_samples_per_s": round(st, 1), "speedup": round(us / st, 2)}
     print(json.dumps(result, indent=2))

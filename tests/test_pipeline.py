@@ -57,12 +57,14 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
 
 def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     import train
-    cfg = compose_cfg("train", tiny + ["debug=fdr"], tmp_path / "run")
+    cfg = compose_cfg("train", tiny + ["debug=fdr", "module.config_overrides={attention_probs_dropout_prob: 0.0}"],
+                      tmp_path / "run")
     metrics = train.train(cfg)
     run = tmp_path / "run"
     assert sorted(json.loads((run / "metrics.json").read_text())) == sorted(METRICS)
     assert set(metrics) == set(METRICS)
     assert (run / "model" / "modules.json").is_file() and (run / "mining_scores.png").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
 
 
 def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):

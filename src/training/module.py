@@ -39,12 +39,14 @@ class BiEncoderModule(L.LightningModule):
     def __init__(self, model_cfg: dict[str, Any], optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
                  in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
-                 val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True):
+                 val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
+                 config_overrides: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         spec = EncoderSpec.from_config(model_cfg)
         model = AutoModel.from_pretrained(resolve_model_path(spec.name_or_path), revision=spec.revision,
-                                          trust_remote_code=spec.trust_remote_code, dtype=torch.float32)
+                                          trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                                          **(config_overrides or {}))
         model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
         if spec.pooling != "model" and getattr(model, "pooler", None) is not None:
             model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
