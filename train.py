@@ -45,10 +45,12 @@ def model_card(cfg: DictConfig, metrics: dict | None) -> str:
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
-    if not cfg.data.get("val_split") and "model_checkpoint" in (cfg.get("callbacks") or {}):
-        with open_dict(cfg):  # nothing to monitor: keep the last epoch
-            cfg.callbacks.model_checkpoint.monitor = None
-            cfg.callbacks.model_checkpoint.filename = "epoch{epoch:02d}"
+    if not cfg.data.get("val_split"):
+        with open_dict(cfg):  # no validation: no loop to run, nothing to monitor, the last epoch is kept
+            cfg.trainer.limit_val_batches = 0
+            if "model_checkpoint" in (cfg.get("callbacks") or {}):
+                cfg.callbacks.model_checkpoint.monitor = None
+                cfg.callbacks.model_checkpoint.filename = "epoch{epoch:02d}"
     datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
                                          method=MiningMethod.from_config(cfg.mining),
                                          candidates_fn=functools.partial(mined_candidates, cfg))
