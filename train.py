@@ -17,6 +17,7 @@ import time  # noqa: E402
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.callbacks import Timer  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from src.data import dataset_dir, load_data  # noqa: E402
@@ -67,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     fit_seconds = time.perf_counter() - started
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     if not trainer.is_global_zero:
         return {}
 
@@ -94,6 +96,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_json_atomic(out_dir / "summary.json", {
         "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
         "data": str(cfg.data.path), "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
+        "train_seconds": round(timer.time_elapsed("train"), 1) if timer else None,
+        "mining_seconds": {name: c.manifest.get("seconds") for name, c in datamodule.candidates.items()},
         "train_pairs": len(datamodule.train_set), "metrics": metrics})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")

@@ -65,6 +65,9 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     assert set(metrics) == set(METRICS)
     assert (run / "model" / "modules.json").is_file() and (run / "mining_scores.png").is_file()
     assert json.loads((run / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
+    assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
 
 
 def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):

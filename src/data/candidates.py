@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class CandidateArrays:
     tail_idx: np.ndarray  # [queries, T] best first
     tail_scores: np.ndarray
     n_passages: int
+    manifest: dict = field(default_factory=dict)  # how they were mined (teacher, settings, counts, seconds)
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -115,4 +116,5 @@ def load_candidates(folder: Path, passage_index: dict[str, int]) -> CandidateArr
     for name in LIST_COLUMNS:
         arrays[f"{name}_idx"] = _padded(table, f"{name}_ids", -1, to_rows)
         arrays[f"{name}_scores"] = _padded(table, f"{name}_scores", np.nan if name == "pos" else -np.inf)
-    return CandidateArrays(query_ids=table.column("query_id").to_pylist(), n_passages=len(passage_index), **arrays)
+    return CandidateArrays(query_ids=table.column("query_id").to_pylist(), n_passages=len(passage_index),
+                           manifest=read_manifest(folder) or {}, **arrays)
