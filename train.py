@@ -29,7 +29,7 @@ from src.training.ddp import end_job  # noqa: E402
 from src.training.export import export_model  # noqa: E402
 from src.training.module import training_precision  # noqa: E402
 from src.utils.io import write_json_atomic  # noqa: E402
-from src.utils.runtime import finish_loggers, instantiate_callbacks, instantiate_loggers, log_config, task_wrapper  # noqa: E402
+from src.utils.runtime import finish_loggers, instantiate_group, instantiate_loggers, log_config, task_wrapper  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
                                      _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.get("callbacks")),
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks"), "callback"),
                                                  logger=loggers or False,
                                                  precision=training_precision(cfg.trainer.precision))
     log_config(trainer.loggers, cfg)

@@ -98,10 +98,7 @@ def plot_score_distributions(stats: list[MethodStats], path: Path, title: str = 
     fig.supxlabel("teacher score")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_margins(stats: list[MethodStats], path: Path, title: str = "") -> Path:
@@ -119,6 +116,11 @@ def plot_margins(stats: list[MethodStats], path: Path, title: str = "") -> Path:
     ax.set_ylabel("positive - negative score")
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,14 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
-    """Lightning loggers from the `logger` group (a dict of logger configs); none when it is null."""
-    loggers = []
-    for name, cfg in (logger_cfg or {}).items():
+def instantiate_group(group_cfg: DictConfig | None, what: str = "object") -> list[Any]:
+    """Every entry with a `_target_` of a config group holding several objects (`logger`, `callbacks`)."""
+    built = []
+    for name, cfg in (group_cfg or {}).items():
         if isinstance(cfg, DictConfig) and "_target_" in cfg:
-            log.info("Instantiating logger %s <%s>", name, cfg._target_)
-            loggers.append(hydra.utils.instantiate(cfg))
-    return loggers
+            log.info("Instantiating %s %s <%s>", what, name, cfg._target_)
+            built.append(hydra.utils.instantiate(cfg))
+    return built
+
+
+def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+    """Lightning loggers from the `logger` group; none when it is null."""
+    return instantiate_group(logger_cfg, "logger")
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
@@ -61,13 +66,3 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
                 sys.modules["wandb"].finish()  # else the jobs of a multirun all log into one W&B run
 
     return wrapped
-
-
-def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list:
-    """Lightning callbacks from the `callbacks` group (a dict of callback configs)."""
-    callbacks = []
-    for name, cfg in (callbacks_cfg or {}).items():
-        if isinstance(cfg, DictConfig) and "_target_" in cfg:
-            log.info("Instantiating callback %s <%s>", name, cfg._target_)
-            callbacks.append(hydra.utils.instantiate(cfg))
-    return callbacks
