@@ -1,7 +1,8 @@
 """Tables and a bar chart from an ablation: our multirun(s) and bench/st_ablation.py's runs, side by side.
 
     python bench/ablation_report.py --ours logs/train/multiruns/<time> --st logs/st_ablation/cpu \
-        --out docs/results/cpu --title "SciFact train -> dev, reduced CPU setting"
+        --out docs/results/cpu --title "SciFact train -> dev, reduced CPU setting" \
+        --zero-shot docs/bench/eval_scifact_dev_cpu.json
 
 Writes <out>/report.md (mean and spread over seeds of nDCG@10 and Recall@100 per method and teacher, queries
 kept, mining and training time) and <out>/ndcg_by_method.png.
@@ -71,7 +72,7 @@ def table(runs: list[dict], teacher: str) -> tuple[str, dict]:
     return "\n".join(lines), means
 
 
-def bar_chart(all_means: dict[str, dict], path: Path, title: str) -> None:
+def bar_chart(all_means: dict[str, dict], path: Path, title: str, zero_shot: float | None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -82,6 +83,8 @@ def bar_chart(all_means: dict[str, dict], path: Path, title: str) -> None:
         ours = np.array([means[m] for m in methods])
         ax.bar(x - 0.2, ours[:, 0], 0.4, yerr=ours[:, 1], label="ours", color="tab:blue")
         ax.bar(x + 0.2, ours[:, 2], 0.4, yerr=ours[:, 3], label="sentence-transformers", color="tab:orange")
+        if zero_shot is not None:
+            ax.axhline(zero_shot, color="gray", linestyle="--", linewidth=1, label="base model, no training")
         ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
         finite = ours[:, [0, 2]][np.isfinite(ours[:, [0, 2]])]
         if finite.size:
@@ -101,6 +104,8 @@ def main() -> None:
     parser.add_argument("--st", type=Path, help="the --out dir of bench/st_ablation.py")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="")
+    parser.add_argument("--zero-shot", type=Path, help="the base model's metrics (evaluate.py's metrics.json, or "
+                        "bench/eval_vs_st.py's JSON): a reference line in the chart")
     args = parser.parse_args()
     runs = our_runs(args.ours) + st_runs(args.st)
     teachers = sorted({r["teacher"] for r in runs}, key=lambda t: (t != "minilm", t))
@@ -109,7 +114,12 @@ def main() -> None:
     for teacher in teachers:
         text, all_means[teacher] = table(runs, teacher)
         parts += [f"## Teacher: {teacher}", "", text, ""]
-    bar_chart(all_means, args.out / "ndcg_by_method.png", args.title)
+    zero_shot = None
+    if args.zero_shot:
+        metrics = json.loads(args.zero_shot.read_text())
+        zero_shot = metrics.get("ours", metrics)["ndcg@10"]
+        parts += [f"Base model without training: nDCG@10 {zero_shot:.4f} ({args.zero_shot}).", ""]
+    bar_chart(all_means, args.out / "ndcg_by_method.png", args.title, zero_shot)
     parts += ["![nDCG@10 by method](ndcg_by_method.png)", ""]
     (args.out / "report.md").write_text("\n".join(parts))
     print("\n".join(parts))
