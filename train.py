@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     qrels = dataset_dir(cfg.data) / "qrels" / f"{cfg.data.split}.tsv"
     if cfg.test_after_training and not qrels.is_file():
         log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)", qrels)
-    if cfg.test_after_training and qrels.is_file():
+    elif cfg.test_after_training:
         # Evaluate the exported folder exactly as evaluate.py would (model=folder).
         folder_cfg = OmegaConf.merge(OmegaConf.load(Path(cfg.paths.root_dir) / "conf/model/folder.yaml"),
                                      {"name_or_path": str(model_dir)})

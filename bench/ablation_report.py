@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.utils.plots import pyplot, save_figure  # noqa: E402
 
 ORDER = ["none", "naive_topk", "topk_shifted", "topk_abs", "topk_marginpos", "topk_percpos", "sampled_topk",
          "top1_sampled_topk", "random"]
@@ -73,9 +78,7 @@ def table(runs: list[dict], teacher: str) -> tuple[str, dict]:
 
 
 def bar_chart(all_means: dict[str, dict], path: Path, title: str, zero_shot: float | None) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(all_means), figsize=(6 * len(all_means), 3.8), squeeze=False)
     for ax, (teacher, means) in zip(axes[0], all_means.items()):
         methods = list(means)
@@ -93,9 +96,7 @@ def bar_chart(all_means: dict[str, dict], path: Path, title: str, zero_shot: flo
         ax.set_ylabel("nDCG@10 (mean over seeds)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.utils.plots import pyplot, save_figure  # noqa: E402
 
 
 def curve(run_dir: Path) -> tuple[str, int, list[float]]:
     """(label, max epochs, nDCG@10 on dev after each finished epoch)."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    rows = [r for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("val/ndcg@10")]
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/ndcg@10")]
     return (f"{cfg.mining.name}, teacher {cfg.teacher.name}, seed {cfg.seed}", cfg.trainer.max_epochs,
             [float(r["val/ndcg@10"]) for r in rows])
 
@@ -29,11 +35,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args()
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     print("| run | max epochs | nDCG@10 on dev after each epoch |\n|---|---|---|")
     for run_dir in (r for r in args.runs if r.is_dir()):  # a shell glob also matches multirun.yaml
@@ -41,14 +43,12 @@ def main() -> None:
         if scores:
             ax.plot(range(1, len(scores) + 1), scores, marker="o", label=f"{label}, {max_epochs} epochs")
             print(f"| {label} | {max_epochs} | " + ", ".join(f"{s:.4f}" for s in scores) + " |")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("nDCG@10 on dev")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    save_figure(fig, args.out)
     print(f"\n![validation nDCG@10 per epoch]({args.out.name})")
 
 

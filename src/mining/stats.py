@@ -14,6 +14,7 @@ import numpy as np
 
 from src.data.candidates import CandidateArrays
 from src.mining.methods import MiningMethod, Negatives, select_negatives
+from src.utils.plots import pyplot, save_figure
 
 
 @dataclass
@@ -75,9 +76,7 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 def plot_score_distributions(stats: list[MethodStats], path: Path, title: str = "") -> Path:
     """One panel per method: histograms of positive and chosen-negative teacher scores (as the paper's Fig. 4)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = min(3, len(stats))
     rows = -(-len(stats) // cols)
@@ -98,15 +97,13 @@ def plot_score_distributions(stats: list[MethodStats], path: Path, title: str = 
     fig.supxlabel("teacher score")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_margins(stats: list[MethodStats], path: Path, title: str = "") -> Path:
     """Positive-minus-negative margins per method, as box plots (negative margin: the negative outscores the
     positive, a false-negative suspect)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [s for s in stats if s.margins.size]
     fig, ax = plt.subplots(figsize=(1.1 * len(shown) + 2, 3.5))
@@ -116,12 +113,4 @@ def plot_margins(stats: list[MethodStats], path: Path, title: str = "") -> Path:
     ax.set_ylabel("positive - negative score")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
