@@ -146,3 +146,23 @@ def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
     np.testing.assert_allclose(as_passage, SentenceTransformer(str(folder / "passage_encoder")).encode(texts),
                                atol=1e-5)
     np.testing.assert_allclose(as_query, SentenceTransformer(str(folder)).encode(texts), atol=1e-5)
+
+
+def test_a_teacher_retrained_in_place_is_mined_again(tiny_bert_dir, tmp_path):
+    """A round-one model overwritten by a new round one must not be served the old model's cached candidates."""
+    import shutil
+
+    import mine
+    from transformers import AutoModel
+    folder = tmp_path / "round1"
+    shutil.copytree(tiny_bert_dir, folder)
+    overrides = tiny_overrides(folder, tmp_path, groups=("teacher",)) + ["miner.depth=10", "miner.tail=4"]
+    mine.mine(compose_cfg("mine", overrides, tmp_path / "run1"))
+    model = AutoModel.from_pretrained(folder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    model.save_pretrained(folder)  # retrained, same place
+    mine.mine(compose_cfg("mine", overrides, tmp_path / "run2"))
+    assert len(list((tmp_path / "cache" / "candidates").glob("demo-train/minilm-*"))) == 2
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*"))) == 2

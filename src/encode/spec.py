@@ -77,6 +77,20 @@ def local_path(name_or_path: str) -> Path | None:
     return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_stamp(name_or_path: str) -> list[list] | None:
+    """Name, size and modification time of each weight file of a model in a local folder, for cache keys: a
+    model retrained into the same folder (a round-one teacher, say) gets a new stamp and is never served the
+    old model's embeddings. None for hub ids and installed copies, which an id and revision pin."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return None
+    files = (f for f in sorted(path.rglob("*")) if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    return [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Where transformers should load from: a local folder if there is one, else the hub id."""
     path = local_path(name_or_path)

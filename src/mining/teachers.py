@@ -19,7 +19,7 @@ from src.data.beir import RetrievalData
 from src.encode.embedding_cache import ShardedEmbeddings
 from src.encode.encoder import DualEncoder, TextEncoder, load_encoder
 from src.encode.search import exact_search
-from src.encode.spec import EncoderSpec, resolve_model_path
+from src.encode.spec import EncoderSpec, resolve_model_path, weights_stamp
 from src.utils.distributed import barrier
 from src.utils.io import stable_hash, texts_fingerprint
 
@@ -45,7 +45,9 @@ class DenseTeacher:
         self.encoder: TextEncoder | DualEncoder | None = None
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "dense", **self.spec.as_dict(), "precision": self.encode_cfg.precision}
+        stamp = weights_stamp(self.spec.name_or_path)  # a local folder's weights: retrained in place, mined again
+        return {"kind": "dense", **self.spec.as_dict(), "precision": self.encode_cfg.precision,
+                **({"weights": stamp} if stamp else {})}
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: the spec plus where the weights came from."""
