@@ -1,46 +1,85 @@
-"""Tables and a bar chart from an ablation: our multirun(s) and bench/st_ablation.py's runs, side by side.
+"""Tables and charts of a mining ablation: our train.py runs and bench/st_ablation.py's, side by side.
 
-    python bench/ablation_report.py --ours logs/train/multiruns/<time> --st logs/st_ablation/cpu \
-        --out docs/results/cpu --title "SciFact train -> dev, reduced CPU setting" \
-        --zero-shot docs/bench/eval_scifact_dev_cpu.json
+    python bench/ablation_report.py --ours logs/ablation_cpu/ours_* --st logs/ablation_cpu/st --out docs/results/cpu \
+        --title "SciFact train -> dev, reduced CPU setting" --zero-shot docs/bench/eval_scifact_dev_cpu.json
+    python bench/ablation_report.py --out docs/results/cpu      # rebuild from the stored records alone
 
-Writes <out>/report.md (mean and spread over seeds of nDCG@10 and Recall@100 per method and teacher, queries
-kept, mining and training time) and <out>/ndcg_by_method.png.
+Each run is first stored as one small JSON record in <out>/runs/ (a rerun of the same side, teacher, method and
+seed replaces its record); the report is then built from every record there. So results of earlier sessions add
+up instead of vanishing with their logs/ folders. All records must share one setting (splits, epochs, max length,
+batch size, learning rate): mixing settings in one folder is an error that names the files.
+
+Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher) and
+<out>/gain_over_naive.png (each method minus naive top-k at the same seed, per teacher: the paper's claim that
+positive-aware mining gains more with stronger teachers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.utils.io import write_json_atomic  # noqa: E402
 from src.utils.plots import pyplot, save_figure  # noqa: E402
 
 ORDER = ["none", "naive_topk", "topk_shifted", "topk_abs", "topk_marginpos", "topk_percpos", "sampled_topk",
          "top1_sampled_topk", "random"]
+SIDES = {"ours": "ours", "sentence-transformers": "st"}
+BASELINE = "naive_topk"
 
 
-def our_runs(sweeps: list[Path]) -> list[dict]:
-    runs = []
-    for sweep in sweeps:
-        for summary in sorted(sweep.glob("*/summary.json")):
-            run = json.loads(summary.read_text())
-            stats = json.loads((summary.parent / "mining_stats.json").read_text())
-            run.update(side="ours", queries=stats["mining/queries"], queries_short=stats["mining/queries_short"],
-                       mining_seconds_cold=(run.get("mining_seconds") or {}).get(run["teacher"]))
-            runs.append(run)
-    return runs
+# --- records: one normalised JSON per run -------------------------------------------------------------------
+
+def our_record(run_dir: Path) -> dict:
+    """A train.py run dir (summary.json, mining_stats.json, .hydra/config.yaml) as a record."""
+    run = json.loads((run_dir / "summary.json").read_text())
+    stats = json.loads((run_dir / "mining_stats.json").read_text())
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    setting = {"train_split": cfg.data.train_split, "eval_split": cfg.data.split, "epochs": float(cfg.trainer.max_epochs),
+               "max_length": cfg.model.passage_max_length, "batch_size": cfg.datamodule.batch_size,
+               "lr": float(cfg.module.optimizer.lr)}
+    return {"side": "ours", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
+            "metrics": run["metrics"], "kept": stats["mining/queries"] - stats["mining/queries_short"],
+            "total": stats["mining/queries"], "train_seconds": run["train_seconds"],
+            "mining_seconds_cold": (run.get("mining_seconds") or {}).get(run["teacher"]),
+            "setting": setting, "source": str(run_dir)}
 
 
-def st_runs(folder: Path | None) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder else []
+def st_record(path: Path) -> dict:
+    """A bench/st_ablation.py JSON as a record (kept/total: rows mine_hard_negatives returned / pairs)."""
+    run = json.loads(path.read_text())
+    return {"side": "sentence-transformers", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
+            "metrics": run["metrics"], "kept": run["rows_kept"], "total": run["pairs"],
+            "train_seconds": run["train_seconds"], "mining_seconds_cold": run["mining_seconds_cold"],
+            "setting": run["setting"], "source": str(path)}
 
+
+def store_records(records: list[dict], folder: Path) -> None:
+    for r in records:
+        write_json_atomic(folder / f"{SIDES[r['side']]}-{r['teacher']}-{r['method']}-seed{r['seed']}.json", r)
+
+
+def load_records(folder: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) | {"file": p.name} for p in sorted(folder.glob("*.json"))]
+    settings = defaultdict(list)
+    for r in records:
+        settings[json.dumps(r["setting"], sort_keys=True)].append(r["file"])
+    if len(settings) > 1:
+        detail = "\n".join(f"  {s}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
+                           for s, files in settings.items())
+        raise SystemExit(f"{folder}: records from {len(settings)} different settings; keep one per folder:\n{detail}")
+    return records
+
+
+# --- statistics and tables ----------------------------------------------------------------------------------
 
 def mean_std(values: list[float]) -> str:
     if not values:
@@ -49,79 +88,140 @@ def mean_std(values: list[float]) -> str:
 
 
 def seconds(runs: list[dict], key: str) -> str:
-    """Mean over the runs that recorded it (mining: the one cold run, shared by all of them)."""
     values = [r[key] for r in runs if r.get(key)]
     return f"{np.mean(values):.0f}" if values else "-"
 
 
-def table(runs: list[dict], teacher: str) -> tuple[str, dict]:
+def ndcg(runs: list[dict]) -> list[float]:
+    return [r["metrics"]["ndcg@10"] for r in runs]
+
+
+def grouped(records: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """(teacher, method, side) -> runs, ordered by seed."""
     by = defaultdict(list)
-    for run in runs:
-        if run["teacher"] == teacher:
-            by[(run["method"], run["side"])].append(run)
-    methods = [m for m in ORDER if any((m, side) in by for side in ("ours", "sentence-transformers"))]
-    lines = ["| method | ours nDCG@10 | ST nDCG@10 | ours R@100 | ST R@100 | ours queries with all negatives | "
-             "ST rows kept | ours mining s | ST mining s | ours train s | ST train s |", "|---" * 11 + "|"]
-    means = {}
+    for r in sorted(records, key=lambda r: r["seed"]):
+        by[(r["teacher"], r["method"], r["side"])].append(r)
+    return by
+
+
+def methods_of(by: dict, teacher: str) -> list[str]:
+    return [m for m in ORDER if any((teacher, m, side) in by for side in SIDES)]
+
+
+def side_by_side(by: dict, teacher: str) -> str:
+    lines = ["| method | ours nDCG@10 | ST nDCG@10 | ours − ST | ours R@100 | ST R@100 | ours queries with all "
+             "negatives | ST rows kept | ours mining s | ST mining s | ours train s | ST train s |", "|---" * 12 + "|"]
+    for m in methods_of(by, teacher):
+        ours, st = by.get((teacher, m, "ours"), []), by.get((teacher, m, "sentence-transformers"), [])
+        recall = lambda rs: [r["metrics"]["recall@100"] for r in rs]  # noqa: E731
+        gap = f"{np.mean(ndcg(ours)) - np.mean(ndcg(st)):+.4f}" if ours and st else "-"
+        kept = lambda rs: f"{rs[0]['kept']}/{rs[0]['total']}" if rs else "-"  # noqa: E731
+        lines.append(f"| {m} | {mean_std(ndcg(ours))} | {mean_std(ndcg(st))} | {gap} | {mean_std(recall(ours))} | "
+                     f"{mean_std(recall(st))} | {kept(ours)} | {kept(st)} | {seconds(ours, 'mining_seconds_cold')} | "
+                     f"{seconds(st, 'mining_seconds_cold')} | {seconds(ours, 'train_seconds')} | "
+                     f"{seconds(st, 'train_seconds')} |")
+    return "\n".join(lines)
+
+
+def paired_gains(by: dict, teacher: str, side: str = "ours") -> dict[str, list[float]]:
+    """method -> nDCG@10 minus naive top-k's at the same seed (the seed fixes the batch order for both)."""
+    base = {r["seed"]: r["metrics"]["ndcg@10"] for r in by.get((teacher, BASELINE, side), [])}
+    gains = {}
+    for m in methods_of(by, teacher):
+        runs = [r for r in by.get((teacher, m, side), []) if r["seed"] in base]
+        if m != BASELINE and runs:
+            gains[m] = [r["metrics"]["ndcg@10"] - base[r["seed"]] for r in runs]
+    return gains
+
+
+def gains_table(by: dict, teachers: list[str]) -> str:
+    gains = {t: paired_gains(by, t) for t in teachers}
+    methods = [m for m in ORDER if any(m in g for g in gains.values())]
+    lines = ["| method | " + " | ".join(f"teacher {t}" for t in teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
     for m in methods:
-        ours, st = by.get((m, "ours"), []), by.get((m, "sentence-transformers"), [])
-        metric = lambda rs, k: [r["metrics"][k] for r in rs]  # noqa: E731
-        means[m] = (np.mean(metric(ours, "ndcg@10")) if ours else np.nan, np.std(metric(ours, "ndcg@10")) if ours else 0,
-                    np.mean(metric(st, "ndcg@10")) if st else np.nan, np.std(metric(st, "ndcg@10")) if st else 0)
-        kept_ours = f"{ours[0]['queries'] - ours[0]['queries_short']}/{ours[0]['queries']}" if ours else "-"
-        kept_st = f"{st[0]['rows_kept']}/{st[0]['pairs']}" if st else "-"
-        lines.append(f"| {m} | {mean_std(metric(ours, 'ndcg@10'))} | {mean_std(metric(st, 'ndcg@10'))} | "
-                     f"{mean_std(metric(ours, 'recall@100'))} | {mean_std(metric(st, 'recall@100'))} | {kept_ours} | "
-                     f"{kept_st} | {seconds(ours, 'mining_seconds_cold')} | {seconds(st, 'mining_seconds_cold')} | "
-                     f"{seconds(ours, 'train_seconds')} | {seconds(st, 'train_seconds')} |")
-    return "\n".join(lines), means
+        cells = [f"{np.mean(g[m]):+.4f} ± {np.std(g[m]):.4f} ({len(g[m])})" if m in g else "-"
+                 for g in gains.values()]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def bar_chart(all_means: dict[str, dict], path: Path, title: str, zero_shot: float | None) -> None:
+# --- charts -------------------------------------------------------------------------------------------------
+
+def bar_chart(by: dict, teachers: list[str], path: Path, title: str, zero_shot: float | None) -> None:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(all_means), figsize=(6 * len(all_means), 3.8), squeeze=False)
-    for ax, (teacher, means) in zip(axes[0], all_means.items()):
-        methods = list(means)
+    fig, axes = plt.subplots(1, len(teachers), figsize=(6 * len(teachers), 3.8), squeeze=False)
+    for ax, teacher in zip(axes[0], teachers):
+        methods = methods_of(by, teacher)
         x = np.arange(len(methods))
-        ours = np.array([means[m] for m in methods])
-        ax.bar(x - 0.2, ours[:, 0], 0.4, yerr=ours[:, 1], label="ours", color="tab:blue")
-        ax.bar(x + 0.2, ours[:, 2], 0.4, yerr=ours[:, 3], label="sentence-transformers", color="tab:orange")
+        for shift, side, color in ((-0.2, "ours", "tab:blue"), (0.2, "sentence-transformers", "tab:orange")):
+            runs = [ndcg(by.get((teacher, m, side), [])) for m in methods]
+            means = [np.mean(v) if v else np.nan for v in runs]
+            ax.bar(x + shift, means, 0.4, yerr=[np.std(v) if v else 0 for v in runs], label=side, color=color)
         if zero_shot is not None:
             ax.axhline(zero_shot, color="gray", linestyle="--", linewidth=1, label="base model, no training")
+        values = [v for m in methods for side in SIDES for v in ndcg(by.get((teacher, m, side), []))]
+        if values:
+            ax.set_ylim(min(values + [zero_shot or 1]) - 0.01, max(values) + 0.01)
         ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
-        finite = ours[:, [0, 2]][np.isfinite(ours[:, [0, 2]])]
-        if finite.size:
-            ax.set_ylim(finite.min() - 0.03, finite.max() + 0.02)
         ax.set_title(f"teacher: {teacher}", fontsize=10)
-        ax.set_ylabel("nDCG@10 (mean over seeds)")
+        ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
 
 
+def gain_chart(by: dict, teachers: list[str], path: Path, title: str) -> None:
+    plt = pyplot()
+    gains = {t: paired_gains(by, t) for t in teachers}
+    methods = [m for m in ORDER if any(m in g for g in gains.values())]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 3.8))
+    width = 0.8 / max(1, len(teachers))
+    for i, teacher in enumerate(teachers):
+        g = gains[teacher]
+        x = np.arange(len(methods)) + (i - (len(teachers) - 1) / 2) * width
+        ax.bar(x, [np.mean(g[m]) if m in g else np.nan for m in methods], width,
+               yerr=[np.std(g[m]) if m in g else 0 for m in methods], label=f"teacher {teacher}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel(f"nDCG@10 minus {BASELINE}\n(same seed; mean ± std)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{title}: ours, each method against naive top-k", fontsize=9)
+    save_figure(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ours", type=Path, nargs="+", required=True, help="multirun dirs of train.py")
-    parser.add_argument("--st", type=Path, help="the --out dir of bench/st_ablation.py")
+    parser.add_argument("--ours", type=Path, nargs="*", default=[], help="multirun dirs (or run dirs) of train.py")
+    parser.add_argument("--st", type=Path, nargs="*", default=[], help="--out dirs of bench/st_ablation.py")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="")
     parser.add_argument("--zero-shot", type=Path, help="the base model's metrics (evaluate.py's metrics.json, or "
                         "bench/eval_vs_st.py's JSON): a reference line in the chart")
     args = parser.parse_args()
-    runs = our_runs(args.ours) + st_runs(args.st)
-    teachers = sorted({r["teacher"] for r in runs}, key=lambda t: (t != "minilm", t))
-    args.out.mkdir(parents=True, exist_ok=True)
-    parts, all_means = [f"# {args.title}" if args.title else "# Ablation", ""], {}
+    new = [our_record(s.parent) for sweep in args.ours for s in sorted(sweep.glob("**/summary.json"))]
+    new += [st_record(p) for folder in args.st for p in sorted(folder.glob("*.json"))]
+    store_records(new, args.out / "runs")
+    records = load_records(args.out / "runs")
+    if not records:
+        raise SystemExit(f"no runs in {args.out / 'runs'}: pass --ours and/or --st")
+    by = grouped(records)
+    teachers = sorted({r["teacher"] for r in records}, key=lambda t: (t != "minilm", t))
+    title = args.title or "Mining ablation"
+    setting = ", ".join(f"{k} {v}" for k, v in records[0]["setting"].items())
+    parts = [f"# {title}", "", f"Setting: {setting}. {len(records)} runs ({len(new)} added now), mean ± std over "
+             "seeds (number of seeds).", ""]
     for teacher in teachers:
-        text, all_means[teacher] = table(runs, teacher)
-        parts += [f"## Teacher: {teacher}", "", text, ""]
+        parts += [f"## Teacher: {teacher}", "", side_by_side(by, teacher), ""]
+    parts += [f"## Each method minus {BASELINE} at the same seed (ours)", "", gains_table(by, teachers), ""]
     zero_shot = None
     if args.zero_shot:
         metrics = json.loads(args.zero_shot.read_text())
         zero_shot = metrics.get("ours", metrics)["ndcg@10"]
         parts += [f"Base model without training: nDCG@10 {zero_shot:.4f} ({args.zero_shot}).", ""]
-    bar_chart(all_means, args.out / "ndcg_by_method.png", args.title, zero_shot)
-    parts += ["![nDCG@10 by method](ndcg_by_method.png)", ""]
+    bar_chart(by, teachers, args.out / "ndcg_by_method.png", title, zero_shot)
+    gain_chart(by, teachers, args.out / "gain_over_naive.png", title)
+    parts += ["![nDCG@10 by method](ndcg_by_method.png)", "", "![gain over naive top-k](gain_over_naive.png)", ""]
     (args.out / "report.md").write_text("\n".join(parts))
     print("\n".join(parts))
 

@@ -66,6 +66,8 @@ def main() -> None:
     config_kwargs = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides
     encode_cfg = OmegaConf.create({"device": "auto", "precision": args.eval_precision})
+    setting = {"train_split": args.train_split, "eval_split": args.eval_split, "epochs": float(args.epochs),
+               "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr}  # as our runs record it
     for teacher_spec in args.teachers.split(","):
         name, _, path = teacher_spec.partition("=")
         teacher = SentenceTransformer(resolve_model_path(path or args.base))  # its own max length, as ours
@@ -92,7 +94,7 @@ def main() -> None:
                         metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
-                           "mining_seconds_cold": cold, "train_seconds": seconds}
+                           "mining_seconds_cold": cold, "train_seconds": seconds, "setting": setting}
                     target.write_text(json.dumps(run, indent=2) + "\n")
                     print(json.dumps({k: run[k] for k in ("method", "teacher", "seed", "rows_kept")}),
                           f"ndcg@10 {metrics['ndcg@10']:.4f}")

@@ -1,0 +1,64 @@
+"""bench/ablation_report.py: runs become stored records, records add up across calls, settings never mix."""
+
+import json
+import sys
+
+import pytest
+
+from bench import ablation_report
+
+SETTING = {"train_split": "train", "eval_split": "dev", "epochs": 1.0, "max_length": 128, "batch_size": 32, "lr": 2e-5}
+
+
+def our_run(folder, method, seed, ndcg, epochs=1, short=0):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "method": method, "teacher": "minilm", "seed": seed, "train_seconds": 100.0, "mining_seconds": {"minilm": 90.0},
+        "metrics": {"ndcg@10": ndcg, "recall@100": 0.9}}))
+    (folder / "mining_stats.json").write_text(json.dumps({"mining/queries": 601, "mining/queries_short": short}))
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(
+        f"data: {{train_split: train, split: dev}}\ntrainer: {{max_epochs: {epochs}}}\n"
+        "model: {passage_max_length: 128}\ndatamodule: {batch_size: 32}\nmodule: {optimizer: {lr: 2e-5}}\n")
+
+
+def st_run(folder, method, seed, ndcg, rows=685):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"minilm-{method}-seed{seed}.json").write_text(json.dumps({
+        "side": "sentence-transformers", "method": method, "teacher": "minilm", "seed": seed, "rows_kept": rows,
+        "pairs": 685, "metrics": {"ndcg@10": ndcg, "recall@100": 0.95}, "mining_seconds_cold": 200.0,
+        "train_seconds": 110.0, "setting": SETTING}))
+
+
+def report(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["ablation_report.py", *map(str, args)])
+    ablation_report.main()
+
+
+def test_report_accumulates_records_and_pairs_methods_by_seed(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    our_run(tmp_path / "sweep1" / "0", "naive_topk", 1, 0.70)
+    our_run(tmp_path / "sweep1" / "1", "topk_percpos", 1, 0.71, short=3)
+    st_run(tmp_path / "st", "naive_topk", 1, 0.68)
+    st_run(tmp_path / "st", "topk_percpos", 1, 0.66, rows=575)
+    report(monkeypatch, "--ours", tmp_path / "sweep1", "--st", tmp_path / "st", "--out", out)
+    # A later session adds seed 2 from a new sweep; seed 1 is kept from the stored records.
+    our_run(tmp_path / "sweep2" / "0", "naive_topk", 2, 0.72)
+    our_run(tmp_path / "sweep2" / "1", "topk_percpos", 2, 0.71)
+    report(monkeypatch, "--ours", tmp_path / "sweep2", "--out", out)
+    text = (out / "report.md").read_text()
+    assert len(list((out / "runs").glob("*.json"))) == 6
+    assert "| naive_topk | 0.7100 ± 0.0100 (2) | 0.6800 | +0.0300 |" in text
+    assert "| 598/601 | 575/685 |" in text  # queries with all negatives (seed 1's stats), ST rows kept
+    assert "| topk_percpos | +0.0000 ± 0.0100 (2) |" in text  # paired: +0.01 at seed 1, -0.01 at seed 2
+    assert (out / "ndcg_by_method.png").stat().st_size > 0 and (out / "gain_over_naive.png").stat().st_size > 0
+    # The records alone rebuild the same report.
+    report(monkeypatch, "--out", out)
+    assert (out / "report.md").read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
+
+
+def test_records_of_different_settings_do_not_mix(tmp_path, monkeypatch):
+    our_run(tmp_path / "one_epoch" / "0", "naive_topk", 1, 0.70)
+    our_run(tmp_path / "five_epochs" / "0", "naive_topk", 2, 0.79, epochs=5)
+    with pytest.raises(SystemExit, match="2 different settings"):
+        report(monkeypatch, "--ours", tmp_path / "one_epoch", tmp_path / "five_epochs", "--out", tmp_path / "out")
