@@ -332,6 +332,23 @@ def test_folder_config_reads_the_minilm_folder(minilm_encoder, minilm_path):
     assert replace(folder, name_or_path=minilm_encoder.spec.name_or_path) == minilm_encoder.spec
 
 
+def test_folder_config_reads_what_the_installed_sentence_transformers_saves(tiny_bert_dir, tmp_path):
+    """sentence-transformers >= 6 keeps the max length only in tokenizer_config.json and the pooling as
+    `pooling_mode`; read wrong, a model saved at 48 tokens with CLS pooling would be scored at 512 with mean."""
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(str(tiny_bert_dir))
+    st = SentenceTransformer(modules=[transformer, models.Pooling(transformer.auto_model.config.hidden_size, "cls"),
+                                      models.Normalize()], device="cpu")
+    st.max_seq_length = 48
+    st.save(str(tmp_path / "saved"))
+    spec = EncoderSpec.from_config(model_config("folder", name_or_path=str(tmp_path / "saved")))
+    assert (spec.pooling, spec.normalize, spec.query_max_length, spec.passage_max_length) == ("cls", True, 48, 48)
+    texts = [LONG_TEXT, "a short one"]
+    theirs = SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(encode(TextEncoder.load(spec), texts, "passage"), theirs, atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------- inference precision
 
 def test_small_models_keep_fp32_weights_and_autocast_large_ones_load_in_the_compute_dtype(tiny_bert_dir,

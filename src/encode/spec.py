@@ -97,6 +97,36 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path) if path else name_or_path
 
 
+# sentence-transformers' pooling mode names -> ours.
+ST_POOLINGS = {"cls": "cls", "mean": "mean", "lasttoken": "last"}
+LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                       "pooling_mode_lasttoken": "lasttoken", "pooling_mode_max_tokens": "max",
+                       "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens": "weightedmean"}
+NO_LIMIT = 1_000_000  # tokenizers without a length limit report a huge sentinel (1e30)
+
+
+def pooling_modes(config: dict[str, Any]) -> list[str]:
+    """The pooling modes of a Pooling config: `pooling_mode` (sentence-transformers >= 6, a name or a list of
+    names) or the legacy `pooling_mode_*` booleans."""
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        return [mode] if isinstance(mode, str) else list(mode)
+    return [name for key, name in LEGACY_POOLING_KEYS.items() if config.get(key)]
+
+
+def transformer_max_length(folder: Path) -> int | None:
+    """The max sequence length of a Transformer module, where sentence-transformers keeps it: `max_seq_length`
+    in sentence_bert_config.json (before v6, and what v6 still reads first), else the tokenizer's
+    `model_max_length` (v6 saves it only there)."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text()).get(key)
+            if value and value < NO_LIMIT:
+                return int(value)
+    return None
+
+
 def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
     """Pooling, normalisation, prompts and max length from a sentence-transformers folder ({} otherwise)."""
     if path is None or not (path / "modules.json").is_file():
@@ -107,17 +137,15 @@ def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
         folder = path / module.get("path", "")
         if module["type"].endswith("Pooling") and (folder / "config.json").is_file():
             pooling = json.loads((folder / "config.json").read_text())
-            modes = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-                     "last": "pooling_mode_lasttoken"}
-            chosen = [name for name, key in modes.items() if pooling.get(key)]
-            if len(chosen) == 1:
-                found["pooling"] = chosen[0]
+            chosen = pooling_modes(pooling)
+            if len(chosen) == 1 and chosen[0] in ST_POOLINGS:
+                found["pooling"] = ST_POOLINGS[chosen[0]]
             else:
                 log.warning("%s: pooling %s is not one we reproduce; set model.pooling", folder, pooling)
-        if module["type"].endswith("Transformer") and (folder / "sentence_bert_config.json").is_file():
-            max_len = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+        if module["type"].endswith("Transformer"):
+            max_len = transformer_max_length(folder)
             if max_len:
-                found["query_max_length"] = found["passage_max_length"] = int(max_len)
+                found["query_max_length"] = found["passage_max_length"] = max_len
     st_config = path / "config_sentence_transformers.json"
     if st_config.is_file():
         prompts = json.loads(st_config.read_text()).get("prompts") or {}
