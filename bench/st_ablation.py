@@ -91,6 +91,8 @@ def main() -> None:
                                            args.lr, bf16=bf16, seed=int(seed))
                         student.save(str(Path(tmp) / "model"))
                         encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
+                        # Scored at the length it was trained at, as ours is (a misread folder once was not).
+                        assert encoder.spec.passage_max_length == args.max_length, encoder.spec
                         metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
