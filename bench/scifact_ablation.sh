@@ -38,27 +38,28 @@ teacher_args() {  # the overrides that make teacher $1 the one of this ablation
     *) echo "teacher=$1" ;;
   esac
 }
-common=(data.path="$data" model.name_or_path="$base" encode.progress=false)
+common=(data=local data.path="$data" encode.progress=false)
+student=(model.name_or_path="$base")
 
 # 1. zero-shot, at the student's length and precision
 zero_shot=$logs/zero_shot/metrics.json
-[ -f "$zero_shot" ] || python evaluate.py data=local "${common[@]}" data.split=dev encode.precision=auto \
+[ -f "$zero_shot" ] || python evaluate.py "${common[@]}" "${student[@]}" data.split=dev encode.precision=auto \
   model.query_max_length=$length model.passage_max_length=$length hydra.run.dir=$logs/zero_shot
 
 # 2. round one (only if the grid needs the round-two teacher)
 if [[ ,$teachers, == *,round2,* ]] && [ ! -f "$round1_model/modules.json" ]; then
-  python train.py experiment=$round1 "${common[@]}" $(teacher_args minilm) hydra.run.dir=$logs/round1
+  python train.py experiment=$round1 "${common[@]}" "${student[@]}" $(teacher_args minilm) hydra.run.dir=$logs/round1
 fi
 
 for teacher in ${teachers//,/ }; do
   # 3. what each method makes of this teacher's candidates (mines them first: the cold mining time)
-  [ -f "$logs/mine/$teacher/mining_stats.json" ] || python mine.py data=local "${common[@]}" \
+  [ -f "$logs/mine/$teacher/mining_stats.json" ] || python mine.py "${common[@]}" \
     $(teacher_args "$teacher") hydra.run.dir=$logs/mine/$teacher
   # 4. ours: a multirun over the methods not yet finished, one run dir per method
   for seed in ${seeds//,/ }; do
     sweep=$logs/ours/$teacher/seed$seed
     todo=$(for m in ${methods//,/ }; do [ -f "$sweep/$m/summary.json" ] || echo "$m"; done | paste -sd, -)
-    [ -z "$todo" ] || python train.py -m experiment=$experiment "${common[@]}" $(teacher_args "$teacher") \
+    [ -z "$todo" ] || python train.py -m experiment=$experiment "${common[@]}" "${student[@]}" $(teacher_args "$teacher") \
       mining="$todo" seed=$seed hydra.sweep.dir=$sweep 'hydra.sweep.subdir=${mining.name}'
   done
 done
