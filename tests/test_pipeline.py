@@ -22,7 +22,8 @@ def tiny(tiny_bert_dir, tmp_path):
 def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tiny_bert_dir, tmp_path):
     import mine
     tiny = tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))
-    cfg = compose_cfg("mine", tiny + ["miner.depth=20", "miner.tail=8", "miner.shard_size=64"], tmp_path / "run")
+    cfg = compose_cfg("mine", tiny + ["miner.depth=20", "miner.tail=8", "miner.shard_size=64", "false_negative_probe=false"],
+                      tmp_path / "run")
     report = mine.mine(cfg)
     assert {r["method"] for r in report["methods"]["minilm"]} >= {"naive_topk", "topk_percpos", "random"}
     assert (tmp_path / "run" / "scores_minilm.png").is_file() and (tmp_path / "run" / "mining_stats.json").is_file()
@@ -53,6 +54,21 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
         assert len(table["tail_ids"][q]) == 8 and tail_scores == sorted(tail_scores, reverse=True)
         assert max(tail_scores) <= min(table["neg_scores"][q]) + 1e-6
         assert not positives & set(table["tail_ids"][q])
+
+
+def test_mine_counts_the_false_negatives_each_method_would_train_on(tiny_bert_dir, tmp_path):
+    """The demo lists 9 false negatives of train queries and has one train query with two positives (held out)."""
+    import mine
+    cfg = compose_cfg("mine", tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",)) + ["miner.depth=20"],
+                      tmp_path / "run")
+    probe = mine.mine(cfg)["false_negatives"]["minilm"]
+    picks = {source: {p["method"]: p for p in rows} for source, rows in probe.items()}
+    assert picks["listed false negatives"]["naive_topk"]["queries"] == 9
+    assert picks["held-out positives"]["naive_topk"]["queries"] == 1
+    assert all(p["random"]["picked"] == 0 for p in picks.values())  # a random passage is almost never one
+    assert all(p["topk_shifted"]["picked"] <= p["naive_topk"]["picked"] for p in picks.values())
+    assert (tmp_path / "run" / "false_negatives_minilm.png").is_file()
+    assert len(list((tmp_path / "cache" / "candidates").glob("demo-train/minilm-*"))) == 2  # mined once more
 
 
 def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
@@ -156,7 +172,8 @@ def test_a_teacher_retrained_in_place_is_mined_again(tiny_bert_dir, tmp_path):
     from transformers import AutoModel
     folder = tmp_path / "round1"
     shutil.copytree(tiny_bert_dir, folder)
-    overrides = tiny_overrides(folder, tmp_path, groups=("teacher",)) + ["miner.depth=10", "miner.tail=4"]
+    overrides = tiny_overrides(folder, tmp_path, groups=("teacher",)) + ["miner.depth=10", "miner.tail=4",
+                                                                         "false_negative_probe=false"]
     mine.mine(compose_cfg("mine", overrides, tmp_path / "run1"))
     model = AutoModel.from_pretrained(folder)
     with torch.no_grad():

@@ -196,5 +196,27 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
                          {q: qrels[q] for q in query_ids}, report)
 
 
+FALSE_NEGATIVES_FILE = "false_negatives.tsv"
+
+
+def read_false_negatives(root: Path) -> dict[str, set[str]]:
+    """Known unlabelled positives a dataset may list in false_negatives.tsv (`query-id corpus-id`, a header row
+    allowed) as {query: passages}; {} when there is no such file. They are never read as judgements."""
+    path = Path(root) / FALSE_NEGATIVES_FILE
+    if not path.is_file():
+        return {}
+    pairs: dict[str, set[str]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, raw in enumerate(f, start=1):
+            cols = [c.strip() for c in raw.rstrip("\r\n").split("\t")]
+            if cols == [""] or (lineno == 1 and cols == ["query-id", "corpus-id"]):
+                continue
+            if len(cols) != 2 or not all(cols):
+                raise DataFormatError(path, lineno, f"expected 2 tab-separated columns (query-id, corpus-id), "
+                                                    f"found {len(cols)}")
+            pairs.setdefault(cols[0], set()).add(cols[1])
+    return pairs
+
+
 def available_splits(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
