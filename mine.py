@@ -15,7 +15,7 @@ from src.data import dataset_dir, load_data  # noqa: E402
 from src.data.beir import read_false_negatives  # noqa: E402
 from src.mining import mined_candidates  # noqa: E402
 from src.mining.methods import MiningMethod  # noqa: E402
-from src.mining.probe import hold_out_positives, picks_by_source, plot_false_negative_picks  # noqa: E402
+from src.mining.probe import false_negative_report, plot_false_negative_picks  # noqa: E402
 from src.mining.stats import candidate_diagnostics, format_table, method_stats, plot_margins, \
     plot_score_distributions  # noqa: E402
 from src.utils.distributed import init_from_env  # noqa: E402
@@ -39,34 +39,26 @@ def mine(cfg: DictConfig) -> dict:
     loggers = instantiate_loggers(cfg.get("logger"))
     log_config(loggers, cfg)
     out_dir = Path(cfg.paths.output_dir)
-    teachers = list(candidates.values())
     report = {"diagnostics": {name: candidate_diagnostics(c) for name, c in candidates.items()}, "methods": {},
               "false_negatives": {}}
-    held_out_data, held_out = hold_out_positives(data, cfg.miner.seed) if cfg.false_negative_probe else (None, {})
-    probe = mined_candidates(cfg, held_out_data) if held_out else {}  # the teacher mines again without them
     listed = read_false_negatives(dataset_dir(cfg.data))
     figures = {}
-    for label, names in [(name, [name]) for name in candidates] + (
-            [(cfg.teacher.name, list(candidates))] if len(teachers) > 1 else []):
-        members = [candidates[n] for n in names]
+    for label, members in [(name, [c]) for name, c in candidates.items()] + (
+            [(cfg.teacher.name, list(candidates.values()))] if len(candidates) > 1 else []):
         methods = method_configs(cfg, ensemble=len(members) > 1)
         methods = [m for m in methods if (m.ensemble is not None) == (len(members) > 1)]
         stats = [method_stats(members, m, seed=cfg.miner.seed) for m in methods]
         rows = [s.row() for s in stats]
         print(f"\nTeacher {label}: {len(members[0])} queries, {members[0].neg_idx.shape[1]} candidates each")
-        sources = {"held-out positives": ([probe[n] for n in names] if probe else [], held_out),
-                   "listed false negatives": (members, listed)}
-        false_negatives = picks_by_source(sources, methods, data.passage_index, cfg.miner.seed)
-        for column, picks in false_negatives.items():
-            for row, p in zip(rows, picks):
-                row[f"{column} picked"] = p.cell()
-            print(f"{column}: {picks[0].queries} queries, {picks[0].in_candidates} of them with theirs among the "
-                  f"stored candidates")
-            report["false_negatives"].setdefault(label, {})[column] = [vars(p) for p in picks]
-        if "held-out positives" in false_negatives:
-            figures[f"mining/{label}/false_negatives"] = plot_false_negative_picks(
-                false_negatives["held-out positives"], out_dir / f"false_negatives_{label}.png",
-                f"{label}: one positive of each multi-positive query held out")
+        if cfg.get("false_negative_probe", True):
+            probe = false_negative_report(members, methods, listed, data.passage_index, cfg.miner.seed)
+            report["false_negatives"][label] = {source: [vars(p) for p in picks] for source, picks in probe.items()}
+            for source, picks in probe.items():
+                print(f"{source}: {picks[0].queries} queries, {picks[0].stored} of them with theirs stored")
+                for row, p in zip(rows, picks):
+                    row[f"{source} picked"] = p.cell()
+                figures[f"mining/{label}/false_negatives/{source}"] = plot_false_negative_picks(
+                    picks, out_dir / f"false_negatives_{label}_{source.split()[0]}.png", f"{label}: {source}")
         report["methods"][label] = rows
         print(format_table(rows))
         title = f"{label} on {Path(cfg.data.path).name}/{cfg.data.train_split}"

@@ -1,6 +1,6 @@
 """Tables and charts of a mining ablation: our train.py runs and bench/st_ablation.py's, side by side.
 
-    python bench/ablation_report.py --ours logs/ablation_cpu/ours_* --st logs/ablation_cpu/st --out docs/results/cpu \
+    python bench/ablation_report.py --ours logs/ablation_cpu/ours --st logs/ablation_cpu/st --out docs/results/cpu \
         --title "SciFact train -> dev, reduced CPU setting" --zero-shot docs/bench/eval_scifact_dev_cpu.json
     python bench/ablation_report.py --out docs/results/cpu      # rebuild from the stored records alone
 
@@ -41,6 +41,8 @@ BASELINE = "naive_topk"
 def our_record(run_dir: Path) -> dict:
     """A train.py run dir (summary.json, mining_stats.json, .hydra/config.yaml) as a record."""
     run = json.loads((run_dir / "summary.json").read_text())
+    if not run.get("metrics"):
+        raise SystemExit(f"{run_dir / 'summary.json'}: no metrics (was data.split judged?)")
     stats = json.loads((run_dir / "mining_stats.json").read_text())
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     setting = {"train_split": cfg.data.train_split, "eval_split": cfg.data.split, "epochs": float(cfg.trainer.max_epochs),
@@ -56,27 +58,37 @@ def our_record(run_dir: Path) -> dict:
 def st_record(path: Path) -> dict:
     """A bench/st_ablation.py JSON as a record (kept/total: rows mine_hard_negatives returned / pairs)."""
     run = json.loads(path.read_text())
+    if "setting" not in run:
+        raise SystemExit(f"{path}: no 'setting' (written by an older bench/st_ablation.py); run it again")
     return {"side": "sentence-transformers", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
             "metrics": run["metrics"], "kept": run["rows_kept"], "total": run["pairs"],
             "train_seconds": run["train_seconds"], "mining_seconds_cold": run["mining_seconds_cold"],
             "setting": run["setting"], "source": str(path)}
 
 
-def store_records(records: list[dict], folder: Path) -> None:
-    for r in records:
-        write_json_atomic(folder / f"{SIDES[r['side']]}-{r['teacher']}-{r['method']}-seed{r['seed']}.json", r)
+def record_name(r: dict) -> str:
+    return f"{SIDES[r['side']]}-{r['teacher']}-{r['method']}-seed{r['seed']}.json"
 
 
-def load_records(folder: Path) -> list[dict]:
-    records = [json.loads(p.read_text()) | {"file": p.name} for p in sorted(folder.glob("*.json"))]
+def merge_records(new: list[dict], folder: Path) -> list[dict]:
+    """The stored records with `new` ones added (replacing reruns); stored only if all share one setting."""
+    merged = {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    merged.update({record_name(r): r for r in new})
+    check_one_setting(merged, folder)
+    for r in new:
+        write_json_atomic(folder / record_name(r), r)
+    return list(merged.values())
+
+
+def check_one_setting(records: dict[str, dict], folder: Path) -> None:
     settings = defaultdict(list)
-    for r in records:
-        settings[json.dumps(r["setting"], sort_keys=True)].append(r["file"])
+    for name, r in records.items():
+        settings[json.dumps(r["setting"], sort_keys=True)].append(r.get("source", name))
     if len(settings) > 1:
         detail = "\n".join(f"  {s}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
                            for s, files in settings.items())
-        raise SystemExit(f"{folder}: records from {len(settings)} different settings; keep one per folder:\n{detail}")
-    return records
+        raise SystemExit(f"{folder}: runs of {len(settings)} different settings; keep one per folder (nothing "
+                         f"was stored):\n{detail}")
 
 
 # --- statistics and tables ----------------------------------------------------------------------------------
@@ -104,8 +116,13 @@ def grouped(records: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     return by
 
 
+def ordered(methods: set[str]) -> list[str]:
+    """The paper's order first, then any other method (ensembles) by name."""
+    return [m for m in ORDER if m in methods] + sorted(methods - set(ORDER))
+
+
 def methods_of(by: dict, teacher: str) -> list[str]:
-    return [m for m in ORDER if any((teacher, m, side) in by for side in SIDES)]
+    return ordered({m for (t, m, _) in by if t == teacher})
 
 
 def side_by_side(by: dict, teacher: str) -> str:
@@ -136,7 +153,7 @@ def paired_gains(by: dict, teacher: str, side: str = "ours") -> dict[str, list[f
 
 def gains_table(by: dict, teachers: list[str]) -> str:
     gains = {t: paired_gains(by, t) for t in teachers}
-    methods = [m for m in ORDER if any(m in g for g in gains.values())]
+    methods = ordered({m for g in gains.values() for m in g})
     lines = ["| method | " + " | ".join(f"teacher {t}" for t in teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
     for m in methods:
         cells = [f"{np.mean(g[m]):+.4f} ± {np.std(g[m]):.4f} ({len(g[m])})" if m in g else "-"
@@ -160,8 +177,9 @@ def bar_chart(by: dict, teachers: list[str], path: Path, title: str, zero_shot: 
         if zero_shot is not None:
             ax.axhline(zero_shot, color="gray", linestyle="--", linewidth=1, label="base model, no training")
         values = [v for m in methods for side in SIDES for v in ndcg(by.get((teacher, m, side), []))]
-        if values:
-            ax.set_ylim(min(values + [zero_shot or 1]) - 0.01, max(values) + 0.01)
+        if values:  # every run and the reference line in view
+            low, high = min(values + [zero_shot or 1.0]), max(values + [zero_shot or 0.0])
+            ax.set_ylim(low - 0.01, high + 0.01)
         ax.set_xticks(x, methods, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"teacher: {teacher}", fontsize=10)
         ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
@@ -173,7 +191,7 @@ def bar_chart(by: dict, teachers: list[str], path: Path, title: str, zero_shot: 
 def gain_chart(by: dict, teachers: list[str], path: Path, title: str) -> None:
     plt = pyplot()
     gains = {t: paired_gains(by, t) for t in teachers}
-    methods = [m for m in ORDER if any(m in g for g in gains.values())]
+    methods = ordered({m for g in gains.values() for m in g})
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 3.8))
     width = 0.8 / max(1, len(teachers))
     for i, teacher in enumerate(teachers):
@@ -201,8 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     new = [our_record(s.parent) for sweep in args.ours for s in sorted(sweep.glob("**/summary.json"))]
     new += [st_record(p) for folder in args.st for p in sorted(folder.glob("*.json"))]
-    store_records(new, args.out / "runs")
-    records = load_records(args.out / "runs")
+    records = merge_records(new, args.out / "runs")
     if not records:
         raise SystemExit(f"no runs in {args.out / 'runs'}: pass --ours and/or --st")
     by = grouped(records)

@@ -77,12 +77,14 @@ def main() -> None:
                 if ST_METHODS.get(method, None) is None:
                     print(f"skip {method}: no sentence-transformers equivalent")
                     continue
+                seeds = [seed for seed in args.seeds.split(",")
+                         if not (args.out / f"{name}-{method}-seed{seed}.json").is_file()]  # resumable
+                if not seeds:
+                    continue
                 mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))
                 cold = cold if cold is not None or not mining_seconds else mining_seconds  # first one encodes
-                for seed in args.seeds.split(","):
+                for seed in seeds:
                     target = args.out / f"{name}-{method}-seed{seed}.json"
-                    if target.is_file():
-                        continue  # resumable: finished runs are kept
                     torch.manual_seed(int(seed))
                     student = SentenceTransformer(resolve_model_path(args.base), config_kwargs=config_kwargs)
                     student.max_seq_length = args.max_length
@@ -91,8 +93,8 @@ def main() -> None:
                                            args.lr, bf16=bf16, seed=int(seed))
                         student.save(str(Path(tmp) / "model"))
                         encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
-                        # Scored at the length it was trained at, as ours is (a misread folder once was not).
-                        assert encoder.spec.passage_max_length == args.max_length, encoder.spec
+                        if encoder.spec.passage_max_length != args.max_length:  # a misread folder once was
+                            raise RuntimeError(f"the saved model reads as {encoder.spec}, not {args.max_length} tokens")
                         metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),

@@ -62,3 +62,4 @@ def test_records_of_different_settings_do_not_mix(tmp_path, monkeypatch):
     our_run(tmp_path / "five_epochs" / "0", "naive_topk", 2, 0.79, epochs=5)
     with pytest.raises(SystemExit, match="2 different settings"):
         report(monkeypatch, "--ours", tmp_path / "one_epoch", tmp_path / "five_epochs", "--out", tmp_path / "out")
+    assert not list((tmp_path / "out" / "runs").glob("*.json"))  # nothing stored: later rebuilds still work

@@ -81,13 +81,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def weights_stamp(name_or_path: str) -> list[list] | None:
-    """Name, size and modification time of each weight file of a model in a local folder, for cache keys: a
-    model retrained into the same folder (a round-one teacher, say) gets a new stamp and is never served the
-    old model's embeddings. None for hub ids and installed copies, which an id and revision pin."""
+    """Name, size and modification time of each weight file of a model in a local folder (and its module
+    subfolders: a passage tower, a Dense layer), for cache keys: a model retrained into the same folder (a
+    round-one teacher, say) gets a new stamp and is never served the old model's embeddings. Trainer
+    checkpoint-* folders are not the model. None for hub ids and installed copies, which an id and revision pin."""
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         return None
-    files = (f for f in sorted(path.rglob("*")) if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+    folders = [path] + sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("checkpoint"))
+    files = [f for d in folders for f in sorted(d.iterdir()) if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
     return [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
@@ -103,7 +105,7 @@ LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_token
                        "pooling_mode_lasttoken": "lasttoken", "pooling_mode_max_tokens": "max",
                        "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                        "pooling_mode_weightedmean_tokens": "weightedmean"}
-NO_LIMIT = 1_000_000  # tokenizers without a length limit report a huge sentinel (1e30)
+NO_LIMIT = 1_000_000  # tokenizers without a length limit report a huge sentinel (1e30); xlnet's positions are -1
 
 
 def pooling_modes(config: dict[str, Any]) -> list[str]:
@@ -112,19 +114,28 @@ def pooling_modes(config: dict[str, Any]) -> list[str]:
     if "pooling_mode" in config:
         mode = config["pooling_mode"]
         return [mode] if isinstance(mode, str) else list(mode)
-    return [name for key, name in LEGACY_POOLING_KEYS.items() if config.get(key)]
+    return [name for key, name in LEGACY_POOLING_KEYS.items() if config.get(key)] or ["mean"]  # ST's default
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def transformer_max_length(folder: Path) -> int | None:
-    """The max sequence length of a Transformer module, where sentence-transformers keeps it: `max_seq_length`
-    in sentence_bert_config.json (before v6, and what v6 still reads first), else the tokenizer's
-    `model_max_length` (v6 saves it only there)."""
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text()).get(key)
-            if value and value < NO_LIMIT:
-                return int(value)
-    return None
+    """The max sequence length of a Transformer module, resolved as sentence-transformers 6 resolves it: a
+    `model_max_length` in its processor (or tokenizer) kwargs, else `max_seq_length` (what versions before 6
+    saved), else the tokenizer's own `model_max_length` (where 6 saves it) capped at the model's position
+    embeddings."""
+    settings = _json(folder / "sentence_bert_config.json")
+    for key in ("processor_kwargs", "tokenizer_args"):
+        if (settings.get(key) or {}).get("model_max_length"):
+            return int(settings[key]["model_max_length"])
+    if settings.get("max_seq_length"):
+        return int(settings["max_seq_length"])
+    tokenizer_limit = _json(folder / "tokenizer_config.json").get("model_max_length")
+    positions = _json(folder / "config.json").get("max_position_embeddings")
+    limits = [int(v) for v in (tokenizer_limit, positions) if v and 0 < v < NO_LIMIT]
+    return min(limits) if limits else None
 
 
 def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
