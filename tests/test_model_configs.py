@@ -349,6 +349,20 @@ def test_folder_config_reads_what_the_installed_sentence_transformers_saves(tiny
     np.testing.assert_allclose(encode(TextEncoder.load(spec), texts, "passage"), theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("files, expected", [
+    ({"sentence_bert_config.json": {"max_seq_length": 256}, "tokenizer_config.json": {"model_max_length": 512}}, 256),
+    ({"sentence_bert_config.json": {"max_seq_length": 256, "processor_kwargs": {"model_max_length": 64}}}, 64),
+    ({"tokenizer_config.json": {"model_max_length": 128}, "config.json": {"max_position_embeddings": 512}}, 128),
+    ({"tokenizer_config.json": {"model_max_length": 1e30}, "config.json": {"max_position_embeddings": 514}}, 514),
+    ({"config.json": {"max_position_embeddings": -1}}, None),
+])
+def test_max_length_is_resolved_as_sentence_transformers_does(tmp_path, files, expected):
+    from src.encode.spec import transformer_max_length
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    assert transformer_max_length(tmp_path) == expected
+
+
 # ------------------------------------------------------------------------------------- inference precision
 
 def test_small_models_keep_fp32_weights_and_autocast_large_ones_load_in_the_compute_dtype(tiny_bert_dir,
