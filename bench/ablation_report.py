@@ -9,9 +9,10 @@ seed replaces its record); the report is then built from every record there. So 
 up instead of vanishing with their logs/ folders. All records must share one setting (splits, epochs, max length,
 batch size, learning rate): mixing settings in one folder is an error that names the files.
 
-Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher) and
+Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher),
 <out>/gain_over_naive.png (each method minus naive top-k at the same seed, per teacher: the paper's claim that
-positive-aware mining gains more with stronger teachers).
+positive-aware mining gains more with stronger teachers) and <out>/ndcg_vs_removed.png (nDCG@10 against the
+share of candidates each filter removes).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def our_record(run_dir: Path) -> dict:
                "lr": float(cfg.module.optimizer.lr)}
     return {"side": "ours", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
             "metrics": run["metrics"], "kept": stats["mining/queries"] - stats["mining/queries_short"],
-            "total": stats["mining/queries"], "train_seconds": run["train_seconds"],
+            "total": stats["mining/queries"], "removed_share": stats["mining/removed_share"],
+            "train_seconds": run["train_seconds"],
             "mining_seconds_cold": (run.get("mining_seconds") or {}).get(run["teacher"]),
             "setting": setting, "source": str(run_dir)}
 
@@ -208,6 +210,30 @@ def gain_chart(by: dict, teachers: list[str], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def removed_chart(by: dict, teachers: list[str], path: Path, title: str) -> None:
+    """nDCG@10 against the share of the teacher's top candidates a method removes (ours, one point per method):
+    whether filtering pays on this data."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for teacher in teachers:
+        points = []
+        for m in methods_of(by, teacher):
+            runs = by.get((teacher, m, "ours"), [])
+            if m not in ("none", "random") and runs and runs[0].get("removed_share") is not None:
+                points.append((100 * runs[0]["removed_share"], np.mean(ndcg(runs)), np.std(ndcg(runs)), m))
+        if points:
+            x, y, err, names = zip(*points)
+            ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=f"teacher {teacher}")
+            for xi, yi, name in zip(x, y, names):
+                ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("teacher's top candidates the method removes (%)")
+    ax.set_ylabel("nDCG@10 (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ours", type=Path, nargs="*", default=[], help="multirun dirs (or run dirs) of train.py")
@@ -238,7 +264,9 @@ def main() -> None:
         parts += [f"Base model without training: nDCG@10 {zero_shot:.4f} ({args.zero_shot}).", ""]
     bar_chart(by, teachers, args.out / "ndcg_by_method.png", title, zero_shot)
     gain_chart(by, teachers, args.out / "gain_over_naive.png", title)
-    parts += ["![nDCG@10 by method](ndcg_by_method.png)", "", "![gain over naive top-k](gain_over_naive.png)", ""]
+    removed_chart(by, teachers, args.out / "ndcg_vs_removed.png", title)
+    parts += ["![nDCG@10 by method](ndcg_by_method.png)", "", "![gain over naive top-k](gain_over_naive.png)", "",
+              "![nDCG@10 against the share of candidates removed](ndcg_vs_removed.png)", ""]
     (args.out / "report.md").write_text("\n".join(parts))
     print("\n".join(parts))
 

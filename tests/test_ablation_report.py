@@ -15,7 +15,8 @@ def our_run(folder, method, seed, ndcg, epochs=1, short=0):
     (folder / "summary.json").write_text(json.dumps({
         "method": method, "teacher": "minilm", "seed": seed, "train_seconds": 100.0, "mining_seconds": {"minilm": 90.0},
         "metrics": {"ndcg@10": ndcg, "recall@100": 0.9}}))
-    (folder / "mining_stats.json").write_text(json.dumps({"mining/queries": 601, "mining/queries_short": short}))
+    (folder / "mining_stats.json").write_text(json.dumps({"mining/queries": 601, "mining/queries_short": short,
+                                                          "mining/removed_share": 0.17 if "pos" in method else 0.0}))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text(
         f"data: {{train_split: train, split: dev}}\ntrainer: {{max_epochs: {epochs}}}\n"
@@ -51,7 +52,8 @@ def test_report_accumulates_records_and_pairs_methods_by_seed(tmp_path, monkeypa
     assert "| naive_topk | 0.7100 ± 0.0100 (2) | 0.6800 | +0.0300 |" in text
     assert "| 598/601 | 575/685 |" in text  # queries with all negatives (seed 1's stats), ST rows kept
     assert "| topk_percpos | +0.0000 ± 0.0100 (2) |" in text  # paired: +0.01 at seed 1, -0.01 at seed 2
-    assert (out / "ndcg_by_method.png").stat().st_size > 0 and (out / "gain_over_naive.png").stat().st_size > 0
+    for chart in ("ndcg_by_method", "gain_over_naive", "ndcg_vs_removed"):
+        assert (out / f"{chart}.png").stat().st_size > 0
     # The records alone rebuild the same report.
     report(monkeypatch, "--out", out)
     assert (out / "report.md").read_text().split("\n", 3)[3] == text.split("\n", 3)[3]
