@@ -73,11 +73,13 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
   [ -z "$st_teachers" ] || python bench/st_ablation.py --data "$data" --base "$base" --teachers "$st_teachers" \
     --methods "$methods" --seeds "$seeds" --max-length "$length" "${st_args[@]}" --out "$logs/st"
 
-  # 6. the report, with each teacher's mining plots beside it
-  python bench/ablation_report.py --ours "$logs/ours" --st "$logs/st" --out "$report" --zero-shot "$zero_shot" \
+  # 6. the report, with the zero-shot metrics and each teacher's mining plots beside it (logs/ is not kept)
+  mkdir -p "$report" && cp "$zero_shot" "$report/zero_shot.json"
+  python bench/ablation_report.py --ours "$logs/ours" --st "$logs/st" --out "$report" --zero-shot "$report/zero_shot.json" \
     --title "SciFact train -> dev, $setting setting ($experiment)"
   local plot
   for teacher in ${teachers//,/ }; do
+    cp "$logs/mine/$teacher/mining_stats.json" "$report/mining_stats_$teacher.json"
     for plot in "$logs/mine/$teacher"/{scores,margins,false_negatives}_*.png; do
       if [ -f "$plot" ]; then cp "$plot" "$report/mining_$(basename "$plot")"; fi
     done
