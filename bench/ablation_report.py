@@ -95,10 +95,16 @@ def check_one_setting(records: dict[str, dict], folder: Path) -> None:
 
 # --- statistics and tables ----------------------------------------------------------------------------------
 
-def mean_std(values: list[float]) -> str:
+def spread(values: list[float]) -> float:
+    """The sample standard deviation over seeds (n - 1: three seeds are a sample); 0 for one seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def mean_std(values: list[float], sign: str = "") -> str:
     if not values:
         return "-"
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f} ({len(values)})" if len(values) > 1 else f"{values[0]:.4f}"
+    mean = f"{np.mean(values):{sign}.4f}"
+    return f"{mean} ± {spread(values):.4f} ({len(values)})" if len(values) > 1 else mean
 
 
 def seconds(runs: list[dict], key: str) -> str:
@@ -158,8 +164,7 @@ def gains_table(by: dict, teachers: list[str]) -> str:
     methods = ordered({m for g in gains.values() for m in g})
     lines = ["| method | " + " | ".join(f"teacher {t}" for t in teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
     for m in methods:
-        cells = [f"{np.mean(g[m]):+.4f} ± {np.std(g[m]):.4f} ({len(g[m])})" if m in g else "-"
-                 for g in gains.values()]
+        cells = [mean_std(g[m], "+") if m in g else "-" for g in gains.values()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -175,7 +180,7 @@ def bar_chart(by: dict, teachers: list[str], path: Path, title: str, zero_shot: 
         for shift, side, color in ((-0.2, "ours", "tab:blue"), (0.2, "sentence-transformers", "tab:orange")):
             runs = [ndcg(by.get((teacher, m, side), [])) for m in methods]
             means = [np.mean(v) if v else np.nan for v in runs]
-            ax.bar(x + shift, means, 0.4, yerr=[np.std(v) if v else 0 for v in runs], label=side, color=color)
+            ax.bar(x + shift, means, 0.4, yerr=[spread(v) for v in runs], label=side, color=color)
         if zero_shot is not None:
             ax.axhline(zero_shot, color="gray", linestyle="--", linewidth=1, label="base model, no training")
         values = [v for m in methods for side in SIDES for v in ndcg(by.get((teacher, m, side), []))]
@@ -200,7 +205,7 @@ def gain_chart(by: dict, teachers: list[str], path: Path, title: str) -> None:
         g = gains[teacher]
         x = np.arange(len(methods)) + (i - (len(teachers) - 1) / 2) * width
         ax.bar(x, [np.mean(g[m]) if m in g else np.nan for m in methods], width,
-               yerr=[np.std(g[m]) if m in g else 0 for m in methods], label=f"teacher {teacher}")
+               yerr=[spread(g.get(m, [])) for m in methods], label=f"teacher {teacher}")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(methods)), methods, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(f"nDCG@10 minus {BASELINE}\n(same seed; mean ± std)")
@@ -220,7 +225,7 @@ def removed_chart(by: dict, teachers: list[str], path: Path, title: str) -> None
         for m in methods_of(by, teacher):
             runs = by.get((teacher, m, "ours"), [])
             if m not in ("none", "random") and runs and runs[0].get("removed_share") is not None:
-                points.append((100 * runs[0]["removed_share"], np.mean(ndcg(runs)), np.std(ndcg(runs)), m))
+                points.append((100 * runs[0]["removed_share"], np.mean(ndcg(runs)), spread(ndcg(runs)), m))
         if points:
             x, y, err, names = zip(*points)
             ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=f"teacher {teacher}")
@@ -252,8 +257,8 @@ def main() -> None:
     teachers = sorted({r["teacher"] for r in records}, key=lambda t: (t != "minilm", t))
     title = args.title or "Mining ablation"
     setting = ", ".join(f"{k} {v}" for k, v in records[0]["setting"].items())
-    parts = [f"# {title}", "", f"Setting: {setting}. {len(records)} runs ({len(new)} added now), mean ± std over "
-             "seeds (number of seeds).", ""]
+    parts = [f"# {title}", "", f"Setting: {setting}. {len(records)} runs ({len(new)} added now), mean ± sample "
+             "standard deviation over seeds (number of seeds).", ""]
     for teacher in teachers:
         parts += [f"## Teacher: {teacher}", "", side_by_side(by, teacher), ""]
     parts += [f"## Each method minus {BASELINE} at the same seed (ours)", "", gains_table(by, teachers), ""]

@@ -49,9 +49,9 @@ def test_report_accumulates_records_and_pairs_methods_by_seed(tmp_path, monkeypa
     report(monkeypatch, "--ours", tmp_path / "sweep2", "--out", out)
     text = (out / "report.md").read_text()
     assert len(list((out / "runs").glob("*.json"))) == 6
-    assert "| naive_topk | 0.7100 ± 0.0100 (2) | 0.6800 | +0.0300 |" in text
+    assert "| naive_topk | 0.7100 ± 0.0141 (2) | 0.6800 | +0.0300 |" in text
     assert "| 598/601 | 575/685 |" in text  # queries with all negatives (seed 1's stats), ST rows kept
-    assert "| topk_percpos | +0.0000 ± 0.0100 (2) |" in text  # paired: +0.01 at seed 1, -0.01 at seed 2
+    assert "| topk_percpos | +0.0000 ± 0.0141 (2) |" in text  # paired: +0.01 at seed 1, -0.01 at seed 2
     for chart in ("ndcg_by_method", "gain_over_naive", "ndcg_vs_removed"):
         assert (out / f"{chart}.png").stat().st_size > 0
     # The records alone rebuild the same report.
