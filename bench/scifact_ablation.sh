@@ -75,6 +75,7 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
 
   # 6. the report, with the zero-shot metrics and each teacher's mining plots beside it (logs/ is not kept)
   mkdir -p "$report" && cp "$zero_shot" "$report/zero_shot.json"
+  if [ -f "$logs/round1/metrics.json" ]; then cp "$logs/round1/metrics.json" "$report/round1_metrics.json"; fi
   python bench/ablation_report.py --ours "$logs/ours" --st "$logs/st" --out "$report" --zero-shot "$report/zero_shot.json" \
     --title "SciFact train -> dev, $setting setting ($experiment)"
   local plot
