@@ -82,3 +82,22 @@ def test_masking_of_labelled_positives_and_empty_slots():
     logits[:, 1 * GROUP + 2] = float("-inf")  # the empty slot
     labels = torch.arange(BATCH) * GROUP
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_equals_sentence_transformers_multiple_negatives_ranking_loss():
+    """Unique passages, no masking: our loss and gradients are ST's MNRL (scale 20 = temperature 0.05), the
+    comparison docs/results.md relies on."""
+    losses = pytest.importorskip("sentence_transformers.losses")
+    queries, passages, _, _ = make_batch()
+    passage_idx = torch.arange(BATCH * GROUP).reshape(BATCH, GROUP)
+    ours_q, ours_p, st_q, st_p = (x.clone().requires_grad_() for x in (queries, passages, queries, passages))
+    normalize = torch.nn.functional.normalize
+    ours, _ = contrastive_loss(normalize(ours_q, dim=-1), normalize(ours_p, dim=-1), passage_idx, passage_idx[:, :1],
+                               temperature=0.05)
+    columns = st_p.reshape(BATCH, GROUP, DIM).unbind(1)  # ST: anchors, positives, then each negative column
+    theirs = losses.MultipleNegativesRankingLoss(None, scale=20.0).compute_loss_from_embeddings([st_q, *columns], None)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours_q.grad, st_q.grad)
+    torch.testing.assert_close(ours_p.grad, st_p.grad)
