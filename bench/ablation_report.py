@@ -7,7 +7,9 @@
 Each run is first stored as one small JSON record in <out>/runs/ (a rerun of the same side, teacher, method and
 seed replaces its record); the report is then built from every record there. So results of earlier sessions add
 up instead of vanishing with their logs/ folders. All records must share one setting (splits, epochs, max length,
-batch size, learning rate): mixing settings in one folder is an error that names the files.
+batch size, learning rate): mixing settings in one folder is an error that names the files. A teacher-free method
+(`none`) needs one run per seed, not one per teacher: where a teacher lacks it, another teacher's run stands in,
+and runs of it under several teachers must agree (the report lists any that do not).
 
 Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher),
 <out>/gain_over_naive.png (each method minus naive top-k at the same seed, per teacher: the paper's claim that
@@ -35,6 +37,9 @@ ORDER = ["none", "naive_topk", "topk_shifted", "topk_abs", "topk_marginpos", "to
          "top1_sampled_topk", "random"]
 SIDES = {"ours": "ours", "sentence-transformers": "st"}
 BASELINE = "naive_topk"
+# Methods that read no teacher score: one run per (side, seed) stands for every teacher. bench/scifact_ablation.sh
+# trains them under the first teacher only, and the report lends that run to the others (and checks they agree).
+TEACHER_FREE = {"none"}
 
 
 # --- records: one normalised JSON per run -------------------------------------------------------------------
@@ -112,6 +117,11 @@ def seconds(runs: list[dict], key: str) -> str:
     return f"{np.mean(values):.0f}" if values else "-"
 
 
+def mining(runs: list[dict], method: str) -> str:
+    """The teacher's cold mining seconds; none for a method that reads no teacher score."""
+    return "-" if method in TEACHER_FREE else seconds(runs, "mining_seconds_cold")
+
+
 def ndcg(runs: list[dict]) -> list[float]:
     return [r["metrics"]["ndcg@10"] for r in runs]
 
@@ -122,6 +132,40 @@ def grouped(records: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     for r in sorted(records, key=lambda r: r["seed"]):
         by[(r["teacher"], r["method"], r["side"])].append(r)
     return by
+
+
+def share_teacher_free(by: dict) -> list[str]:
+    """Lend each teacher-free run to the teachers of its side that have no run of their own at that seed (ST has
+    no BM25 teacher, so it gets none). Returns one line per seed whose own runs under several teachers disagree:
+    they are the same computation, so they should agree in every digit."""
+    teachers_of = defaultdict(set)
+    for teacher, _, side in list(by):
+        teachers_of[side].add(teacher)
+    disagreements = []
+    for side, teachers in teachers_of.items():
+        for method in TEACHER_FREE:
+            at_seed = defaultdict(dict)  # seed -> teacher -> run
+            for teacher in teachers:
+                for r in by.get((teacher, method, side), []):
+                    at_seed[r["seed"]][teacher] = r
+            for seed, runs in sorted(at_seed.items()):
+                scores = {t: r["metrics"]["ndcg@10"] for t, r in sorted(runs.items())}
+                if max(scores.values()) - min(scores.values()) > 1e-9:
+                    disagreements.append(f"{side} {method} seed {seed}: " +
+                                         ", ".join(f"{t} {v:.4f}" for t, v in scores.items()))
+                lender = runs[min(runs)]
+                for teacher in teachers - runs.keys():
+                    by[(teacher, method, side)].append({**lender, "teacher": teacher, "shared_from": lender["teacher"]})
+                    by[(teacher, method, side)].sort(key=lambda r: r["seed"])
+    return disagreements
+
+
+def shared_note(by: dict, teacher: str) -> str:
+    """Which rows of this teacher's table are another teacher's runs, lent by share_teacher_free."""
+    lent = sorted({(m, side, r["shared_from"]) for (t, m, side), runs in by.items() if t == teacher
+                   for r in runs if "shared_from" in r})
+    return "".join(f"`{m}` ({side}) reads no teacher score: its runs here are those under teacher {source}. "
+                   for m, side, source in lent)
 
 
 def ordered(methods: set[str]) -> list[str]:
@@ -142,8 +186,8 @@ def side_by_side(by: dict, teacher: str) -> str:
         gap = f"{np.mean(ndcg(ours)) - np.mean(ndcg(st)):+.4f}" if ours and st else "-"
         kept = lambda rs: f"{rs[0]['kept']}/{rs[0]['total']}" if rs else "-"  # noqa: E731
         lines.append(f"| {m} | {mean_std(ndcg(ours))} | {mean_std(ndcg(st))} | {gap} | {mean_std(recall(ours))} | "
-                     f"{mean_std(recall(st))} | {kept(ours)} | {kept(st)} | {seconds(ours, 'mining_seconds_cold')} | "
-                     f"{seconds(st, 'mining_seconds_cold')} | {seconds(ours, 'train_seconds')} | "
+                     f"{mean_std(recall(st))} | {kept(ours)} | {kept(st)} | {mining(ours, m)} | "
+                     f"{mining(st, m)} | {seconds(ours, 'train_seconds')} | "
                      f"{seconds(st, 'train_seconds')} |")
     return "\n".join(lines)
 
@@ -254,6 +298,7 @@ def main() -> None:
     if not records:
         raise SystemExit(f"no runs in {args.out / 'runs'}: pass --ours and/or --st")
     by = grouped(records)
+    disagreements = share_teacher_free(by)
     teachers = sorted({r["teacher"] for r in records}, key=lambda t: (t != "minilm", t))
     title = args.title or "Mining ablation"
     setting = ", ".join(f"{k} {v}" for k, v in records[0]["setting"].items())
@@ -261,7 +306,12 @@ def main() -> None:
              "standard deviation over seeds (number of seeds).", ""]
     for teacher in teachers:
         parts += [f"## Teacher: {teacher}", "", side_by_side(by, teacher), ""]
+        if shared_note(by, teacher):
+            parts += [shared_note(by, teacher).strip(), ""]
     parts += [f"## Each method minus {BASELINE} at the same seed (ours)", "", gains_table(by, teachers), ""]
+    if disagreements:
+        parts += ["**Teacher-free runs that should agree and do not** (one seed, several teachers; a run is not "
+                  "deterministic here):", "", *[f"- {line}" for line in disagreements], ""]
     zero_shot = None
     if args.zero_shot:
         metrics = json.loads(args.zero_shot.read_text())

@@ -12,6 +12,7 @@
 #   source .carry/device-setup.sh && bash bench/scifact_ablation.sh gpu       # on the lent GPU machine
 #
 # Finished runs are kept (a run is finished when its summary.json or JSON exists), so a killed script resumes.
+# The teacher-free method `none` is trained once per seed, under the first teacher; the report lends it to the rest.
 # Deleting logs/ablation_<setting>/round1 trains round one again and drops every result of its round2 teacher.
 # SEEDS, TEACHERS and METHODS narrow the grid, e.g. SEEDS=1 TEACHERS=minilm; REPORT moves the report.
 set -euo pipefail
@@ -39,6 +40,11 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
       *) echo "teacher=$1" ;;
     esac
   }
+  finished() {  # teacher seed method; `none` reads no teacher score: its run under any teacher serves them all
+    local owner=$1
+    [ "$3" != none ] || owner='*'
+    compgen -G "$logs/ours/$owner/seed$2/$3/summary.json" >/dev/null
+  }
   local common=(data=local "data.path=$data" encode.progress=false) student=("model.name_or_path=$base")
 
   # 1. zero-shot, at the student's length and precision
@@ -60,7 +66,7 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
     # 4. ours: a multirun over the methods not yet finished, one run dir per method
     for seed in ${seeds//,/ }; do
       sweep=$logs/ours/$teacher/seed$seed
-      todo=$(for m in ${methods//,/ }; do [ -f "$sweep/$m/summary.json" ] || echo "$m"; done | paste -sd, -)
+      todo=$(for m in ${methods//,/ }; do finished "$teacher" "$seed" "$m" || echo "$m"; done | paste -sd, -)
       [ -z "$todo" ] || python train.py -m "experiment=$experiment" "${common[@]}" "${student[@]}" \
         $(teacher_args "$teacher") "mining=$todo" "seed=$seed" "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=${mining.name}'
     done

@@ -7,6 +7,7 @@ MultipleNegativesRankingLoss, score the saved model with our evaluate code (the 
         --seeds 1          # the reduced CPU setting of experiment=scifact/ablation_cpu
 
 One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds.
+`none` mines nothing, so it runs once per seed, under the first teacher (the report lends it to the rest).
 Methods without a sentence-transformers equivalent (top1_sampled_topk) are skipped; BM25 is not a
 sentence-transformers teacher.
 """
@@ -36,6 +37,13 @@ from src.training.module import training_precision  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 METHODS = "none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk"
+
+
+def seeds_to_run(out: Path, teacher: str, method: str, seeds: list[str]) -> list[str]:
+    """The seeds with no record in `out` yet (so a killed run resumes). A method that mines nothing needs one run
+    per seed, not one per teacher: a record under any teacher counts (the report lends it to the others)."""
+    owner = teacher if ST_METHODS[method] else "*"
+    return [seed for seed in seeds if not any(out.glob(f"{owner}-{method}-seed{seed}.json"))]
 
 
 def main() -> None:
@@ -77,8 +85,7 @@ def main() -> None:
                 if ST_METHODS.get(method, None) is None:
                     print(f"skip {method}: no sentence-transformers equivalent")
                     continue
-                seeds = [seed for seed in args.seeds.split(",")
-                         if not (args.out / f"{name}-{method}-seed{seed}.json").is_file()]  # resumable
+                seeds = seeds_to_run(args.out, name, method, args.seeds.split(","))
                 if not seeds:
                     continue
                 mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))

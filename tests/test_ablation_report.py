@@ -1,4 +1,5 @@
-"""bench/ablation_report.py: runs become stored records, records add up across calls, settings never mix."""
+"""bench/ablation_report.py: runs become stored records, records add up across calls, settings never mix;
+teacher-free runs are trained once per seed and shared."""
 
 import json
 import sys
@@ -6,14 +7,15 @@ import sys
 import pytest
 
 from bench import ablation_report
+from bench.st_ablation import seeds_to_run
 
 SETTING = {"train_split": "train", "eval_split": "dev", "epochs": 1.0, "max_length": 128, "batch_size": 32, "lr": 2e-5}
 
 
-def our_run(folder, method, seed, ndcg, epochs=1, short=0):
+def our_run(folder, method, seed, ndcg, epochs=1, short=0, teacher="minilm"):
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({
-        "method": method, "teacher": "minilm", "seed": seed, "train_seconds": 100.0, "mining_seconds": {"minilm": 90.0},
+        "method": method, "teacher": teacher, "seed": seed, "train_seconds": 100.0, "mining_seconds": {teacher: 90.0},
         "metrics": {"ndcg@10": ndcg, "recall@100": 0.9}}))
     (folder / "mining_stats.json").write_text(json.dumps({"mining/queries": 601, "mining/queries_short": short,
                                                           "mining/removed_share": 0.17 if "pos" in method else 0.0}))
@@ -65,3 +67,33 @@ def test_records_of_different_settings_do_not_mix(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="2 different settings"):
         report(monkeypatch, "--ours", tmp_path / "one_epoch", tmp_path / "five_epochs", "--out", tmp_path / "out")
     assert not list((tmp_path / "out" / "runs").glob("*.json"))  # nothing stored: later rebuilds still work
+
+
+def test_a_teacher_free_run_serves_every_teacher_of_its_side_and_copies_must_agree(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    our_run(tmp_path / "sweep" / "0", "none", 1, 0.67)  # trained under minilm only, as bench/scifact_ablation.sh does
+    our_run(tmp_path / "sweep" / "1", "naive_topk", 1, 0.70)
+    our_run(tmp_path / "sweep" / "2", "naive_topk", 1, 0.69, teacher="bm25")
+    st_run(tmp_path / "st", "none", 1, 0.66)
+    report(monkeypatch, "--ours", tmp_path / "sweep", "--st", tmp_path / "st", "--out", out)
+    text = (out / "report.md").read_text()
+    bm25 = text.split("## Teacher: bm25")[1].split("## ")[0]
+    assert "| none | 0.6700 | - | - |" in bm25  # ours lent; ST has no BM25 teacher, so nothing is lent there
+    assert "`none` (ours) reads no teacher score: its runs here are those under teacher minilm." in bm25
+    assert "| 601/601 | 685/685 | - | - |" in text  # no mining seconds for a method that mines nothing
+    assert "| none | -0.0300 | -0.0200 |" in text  # each teacher's gain is against its own naive top-k
+    assert len(list((out / "runs").glob("*.json"))) == 4  # lent rows are not stored as runs
+    assert "should agree" not in text
+    # A run of the same computation under another teacher that scores differently is flagged, not averaged away.
+    our_run(tmp_path / "again" / "0", "none", 1, 0.68, teacher="bm25")
+    report(monkeypatch, "--ours", tmp_path / "again", "--out", out)
+    text = (out / "report.md").read_text()
+    assert "should agree and do not" in text and "- ours none seed 1: bm25 0.6800, minilm 0.6700" in text
+
+
+def test_sentence_transformers_side_trains_a_teacher_free_method_once_per_seed(tmp_path):
+    st_run(tmp_path, "none", 1, 0.66)
+    st_run(tmp_path, "naive_topk", 1, 0.69)
+    assert seeds_to_run(tmp_path, "round2", "none", ["1", "2"]) == ["2"]  # minilm's seed-1 run serves round2
+    assert seeds_to_run(tmp_path, "round2", "naive_topk", ["1", "2"]) == ["1", "2"]  # mined: one run per teacher
+    assert seeds_to_run(tmp_path, "minilm", "naive_topk", ["1", "2"]) == ["2"]
