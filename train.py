@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from src.data import dataset_dir, load_data  # noqa: E402
 from src.encode.encoder import load_encoder  # noqa: E402
 from src.eval.retrieval import evaluate_encoder, format_table, write_results  # noqa: E402
-from src.mining import mined_candidates  # noqa: E402
+from src.mining import mined_candidates, teacher_free_candidates  # noqa: E402
 from src.mining.methods import MiningMethod  # noqa: E402
 from src.training.ddp import end_job  # noqa: E402
 from src.training.export import export_model  # noqa: E402
@@ -34,9 +34,10 @@ from src.utils.runtime import finish_loggers, instantiate_group, instantiate_log
 log = logging.getLogger(__name__)
 
 
-def model_card(cfg: DictConfig, metrics: dict | None) -> str:
+def model_card(cfg: DictConfig, method: MiningMethod, metrics: dict | None) -> str:
+    teacher = f"`{cfg.teacher.name}`" if method.uses_teacher else "none (the method reads no teacher score)"
     lines = [f"# {cfg.model.name} fine-tuned with positive-aware hard negatives", "",
-             f"- base model: `{cfg.model.name_or_path}`", f"- teacher: `{cfg.teacher.name}`",
+             f"- base model: `{cfg.model.name_or_path}`", f"- teacher: {teacher}",
              f"- mining: `{OmegaConf.to_container(cfg.mining)}`", f"- data: `{cfg.data.path}` ({cfg.data.train_split})"]
     if metrics:
         lines.append(f"- {cfg.data.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -52,9 +53,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if "model_checkpoint" in (cfg.get("callbacks") or {}):
                 cfg.callbacks.model_checkpoint.monitor = None
                 cfg.callbacks.model_checkpoint.filename = "epoch{epoch:02d}"
-    datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
-                                         method=MiningMethod.from_config(cfg.mining),
-                                         candidates_fn=functools.partial(mined_candidates, cfg))
+    method = MiningMethod.from_config(cfg.mining)
+    # A method that reads no teacher score (in-batch-only, random negatives) trains without mining.
+    candidates_fn = functools.partial(mined_candidates, cfg) if method.uses_teacher else teacher_free_candidates
+    datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model, method=method,
+                                         candidates_fn=candidates_fn)
     # _convert_="all": plain dicts in the checkpoint, which then loads with torch.load(weights_only=True)
     module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
                                      _convert_="all")
@@ -95,12 +98,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in metrics.items()})
         print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}"))
-    (model_dir / "README.md").write_text(model_card(cfg, metrics))
+    (model_dir / "README.md").write_text(model_card(cfg, method, metrics))
     write_json_atomic(out_dir / "summary.json", {
         "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
         "data": str(cfg.data.path), "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
         "train_seconds": round(timer.time_elapsed("train"), 1) if timer else None,
-        "mining_seconds": {name: c.manifest.get("seconds") for name, c in datamodule.candidates.items()},
+        "mining_seconds": {name: c.manifest["seconds"] for name, c in datamodule.candidates.items()
+                           if "seconds" in c.manifest},
         "train_pairs": len(datamodule.train_set), "metrics": metrics})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")

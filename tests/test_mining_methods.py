@@ -127,6 +127,11 @@ def test_none_gives_no_hard_negatives():
     assert pick(MiningMethod("none", 0)).idx.shape == (1, 0)
 
 
+def test_only_methods_that_read_teacher_scores_need_a_teacher():
+    assert not MiningMethod("none", 0).uses_teacher and not MiningMethod("random", 4, select="random").uses_teacher
+    assert MiningMethod("naive", 4).uses_teacher and MiningMethod("perc", 4, filter="percpos", perc=0.95).uses_teacher
+
+
 def test_every_query_is_kept_even_with_nothing_to_offer():
     c = candidates(pos=((0.5,), (0.5,)), scores=(SCORES, [0.625]), tail=([0.5],))
     neg = pick(MiningMethod("percpos", 2, filter="percpos", perc=0.75), c)

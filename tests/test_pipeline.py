@@ -9,7 +9,8 @@ import torch
 
 from helpers import compose_cfg, run_script, tiny_overrides
 from src.data import load_data
-from src.data.candidates import read_manifest
+from src.data.candidates import load_candidates, read_manifest
+from src.mining import teacher_free_candidates
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
 
@@ -37,6 +38,8 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
 
     # Brute force over the very embeddings the miner cached: every score, sort, drop positives, first 20.
     data = load_data(cfg.data, "train")
+    mined, free = load_candidates(folder, data.passage_index), teacher_free_candidates(data)["no teacher"]
+    assert free.query_ids == mined.query_ids and np.array_equal(free.pos_idx, mined.pos_idx)  # baselines: same pairs
     emb_root = tmp_path / "cache" / "embeddings"
     passages = np.concatenate([np.load(p) for p in sorted(emb_root.glob("*/passage-*/shard-*.npy"))]).astype(np.float32)
     queries = np.load(next(emb_root.glob("*/query-*/shard-00000.npy"))).astype(np.float32)
@@ -83,6 +86,18 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
     assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
+
+
+@pytest.mark.parametrize("method", ["none", "random"])
+def test_a_method_that_reads_no_teacher_score_trains_without_mining(tiny, tmp_path, method):
+    import train
+    train.train(compose_cfg("train", tiny + ["debug=fdr", f"mining={method}"], tmp_path / "run"))
+    run = tmp_path / "run"
+    assert not (tmp_path / "cache" / "candidates").exists()  # the teacher never ran
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mining_seconds"] == {} and summary["train_pairs"] == 61
+    assert (run / "mining_stats.json").is_file() and not (run / "mining_scores.png").exists()
+    assert "- teacher: none" in (run / "model" / "README.md").read_text()
 
 
 def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):

@@ -52,8 +52,10 @@ class CandidateArrays:
 
     @cached_property
     def pos_min(self) -> np.ndarray:
-        """The anchor of the positive-aware filters: with several positives, the lowest-scored one."""
-        return np.nanmin(self.pos_scores, axis=1)
+        """The anchor of the positive-aware filters: with several positives, the lowest-scored one (nan where no
+        positive has a score: teacher-free candidates)."""
+        lowest = np.where(np.isnan(self.pos_scores), np.inf, self.pos_scores).min(axis=1)
+        return np.where(np.isinf(lowest), np.nan, lowest).astype(self.pos_scores.dtype)
 
 
 def _list_array(idx: np.ndarray, values: np.ndarray) -> pa.ListArray:

@@ -73,6 +73,11 @@ class MiningMethod:
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"mining.ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether negatives come from teacher scores: in-batch-only and random negatives need no teacher."""
+        return self.num_negatives > 0 and self.select != "random"
+
     @classmethod
     def from_config(cls, cfg: Any) -> MiningMethod:
         names = {f.name for f in fields(cls)}

@@ -30,11 +30,12 @@ class MiningStatsCallback(L.Callback):
                    "mining/queries": stats.queries}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.output_dir / "mining_stats.json", {**metrics, "table": stats.row()})
-        figures = {"mining/scores": plot_score_distributions([stats], self.output_dir / "mining_scores.png"),
-                   "mining/margins": plot_margins([stats], self.output_dir / "mining_margins.png")}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)
-        log_figures(trainer.loggers, figures)
+        if datamodule.method.uses_teacher:  # else there are no teacher scores to plot
+            log_figures(trainer.loggers, {
+                "mining/scores": plot_score_distributions([stats], self.output_dir / "mining_scores.png"),
+                "mining/margins": plot_margins([stats], self.output_dir / "mining_margins.png")})
 
 
 class SampleRate(L.Callback):
