@@ -8,7 +8,7 @@ Each run is first stored as one small JSON record in <out>/runs/ (a rerun of the
 seed replaces its record); the report is then built from every record there. So results of earlier sessions add
 up instead of vanishing with their logs/ folders. All records must share one setting (splits, epochs, max length,
 batch size, learning rate): mixing settings in one folder is an error that names the files. A teacher-free method
-(`none`) needs one run per seed, not one per teacher: where a teacher lacks it, another teacher's run stands in,
+(`none`, `random`) needs one run per seed, not one per teacher: where a teacher lacks it, another teacher's run stands in,
 and runs of it under several teachers must agree (the report lists any that do not).
 
 Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher),
@@ -39,7 +39,7 @@ SIDES = {"ours": "ours", "sentence-transformers": "st"}
 BASELINE = "naive_topk"
 # Methods that read no teacher score: one run per (side, seed) stands for every teacher. bench/scifact_ablation.sh
 # trains them under the first teacher only, and the report lends that run to the others (and checks they agree).
-TEACHER_FREE = {"none"}
+TEACHER_FREE = {"none", "random"}  # as MiningMethod.uses_teacher says
 
 
 # --- records: one normalised JSON per run -------------------------------------------------------------------

@@ -40,9 +40,9 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
       *) echo "teacher=$1" ;;
     esac
   }
-  finished() {  # teacher seed method; `none` reads no teacher score: its run under any teacher serves them all
+  finished() {  # teacher seed method; none and random read no teacher score: a run under any teacher serves all
     local owner=$1
-    [ "$3" != none ] || owner='*'
+    case $3 in none | random) owner='*' ;; esac
     compgen -G "$logs/ours/$owner/seed$2/$3/summary.json" >/dev/null
   }
   local common=(data=local "data.path=$data" encode.progress=false) student=("model.name_or_path=$base")
