@@ -56,8 +56,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     method = MiningMethod.from_config(cfg.mining)
     # A method that reads no teacher score (in-batch-only, random negatives) trains without mining.
     candidates_fn = functools.partial(mined_candidates, cfg) if method.uses_teacher else teacher_free_candidates
-    datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model, method=method,
-                                         candidates_fn=candidates_fn)
+    # The method is passed after instantiation: instantiate would turn the dataclass into a (slow) DictConfig.
+    datamodule = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model, _partial_=True)(
+        method=method, candidates_fn=candidates_fn)
     # _convert_="all": plain dicts in the checkpoint, which then loads with torch.load(weights_only=True)
     module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
                                      _convert_="all")

@@ -8,8 +8,8 @@ Each run is first stored as one small JSON record in <out>/runs/ (a rerun of the
 seed replaces its record); the report is then built from every record there. So results of earlier sessions add
 up instead of vanishing with their logs/ folders. All records must share one setting (splits, epochs, max length,
 batch size, learning rate): mixing settings in one folder is an error that names the files. A teacher-free method
-(`none`, `random`) needs one run per seed, not one per teacher: where a teacher lacks it, another teacher's run stands in,
-and runs of it under several teachers must agree (the report lists any that do not).
+(`none`, `random`) needs one run per seed, not one per teacher: where a teacher lacks it, another teacher's run
+stands in, and runs of it under several teachers must agree (the report lists any that do not).
 
 Writes <out>/report.md, <out>/ndcg_by_method.png (ours and ST per method and teacher),
 <out>/gain_over_naive.png (each method minus naive top-k at the same seed, per teacher: the paper's claim that
@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from src.mining.methods import MiningMethod  # noqa: E402
 from src.utils.io import write_json_atomic  # noqa: E402
 from src.utils.plots import pyplot, save_figure  # noqa: E402
 
@@ -37,9 +39,11 @@ ORDER = ["none", "naive_topk", "topk_shifted", "topk_abs", "topk_marginpos", "to
          "top1_sampled_topk", "random"]
 SIDES = {"ours": "ours", "sentence-transformers": "st"}
 BASELINE = "naive_topk"
-# Methods that read no teacher score: one run per (side, seed) stands for every teacher. bench/scifact_ablation.sh
-# trains them under the first teacher only, and the report lends that run to the others (and checks they agree).
-TEACHER_FREE = {"none", "random"}  # as MiningMethod.uses_teacher says
+# Methods that read no teacher score (MiningMethod.uses_teacher): one run per (side, seed) stands for every
+# teacher. bench/scifact_ablation.sh trains them under the first teacher only; the report lends that run to the
+# others (and checks they agree).
+TEACHER_FREE = {p.stem for p in (ROOT / "conf" / "mining").glob("*.yaml")
+                if not MiningMethod.from_config(OmegaConf.load(p)).uses_teacher}
 
 
 # --- records: one normalised JSON per run -------------------------------------------------------------------
@@ -139,7 +143,7 @@ def share_teacher_free(by: dict) -> list[str]:
     no BM25 teacher, so it gets none). Returns one line per seed whose own runs under several teachers disagree:
     they are the same computation, so they should agree in every digit."""
     teachers_of = defaultdict(set)
-    for teacher, _, side in list(by):
+    for teacher, _, side in by:
         teachers_of[side].add(teacher)
     disagreements = []
     for side, teachers in teachers_of.items():
@@ -306,8 +310,8 @@ def main() -> None:
              "standard deviation over seeds (number of seeds).", ""]
     for teacher in teachers:
         parts += [f"## Teacher: {teacher}", "", side_by_side(by, teacher), ""]
-        if shared_note(by, teacher):
-            parts += [shared_note(by, teacher).strip(), ""]
+        note = shared_note(by, teacher)
+        parts += [note.strip(), ""] if note else []
     parts += [f"## Each method minus {BASELINE} at the same seed (ours)", "", gains_table(by, teachers), ""]
     if disagreements:
         parts += ["**Teacher-free runs that should agree and do not** (one seed, several teachers; a run is not "

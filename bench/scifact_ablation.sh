@@ -12,7 +12,7 @@
 #   source .carry/device-setup.sh && bash bench/scifact_ablation.sh gpu       # on the lent GPU machine
 #
 # Finished runs are kept (a run is finished when its summary.json or JSON exists), so a killed script resumes.
-# The teacher-free method `none` is trained once per seed, under the first teacher; the report lends it to the rest.
+# Teacher-free methods (none, random) are trained once per seed, under the first teacher; the report lends them on.
 # Deleting logs/ablation_<setting>/round1 trains round one again and drops every result of its round2 teacher.
 # SEEDS, TEACHERS and METHODS narrow the grid, e.g. SEEDS=1 TEACHERS=minilm; REPORT moves the report.
 set -euo pipefail

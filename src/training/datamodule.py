@@ -36,9 +36,7 @@ class RetrievalDataModule(L.LightningDataModule):
                  batch_size: int = 32, num_workers: int = 2, seed: int = 0, val_batch_size: int = 64,
                  progress: bool = True):
         super().__init__()
-        self.data_cfg, self.candidates_fn = data_cfg, candidates_fn
-        # hydra.utils.instantiate hands a dataclass argument over as a DictConfig: back to the frozen dataclass
-        self.method = method if isinstance(method, MiningMethod) else MiningMethod.from_config(method)
+        self.data_cfg, self.method, self.candidates_fn = data_cfg, method, candidates_fn
         self.spec = EncoderSpec.from_config(model_cfg)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_batch_size, self.progress = val_batch_size, progress
