@@ -4,13 +4,15 @@
         --out docs/results/cpu/val_curves.png
 
 Each run dir needs csv/metrics.csv (logger=csv, the default) and .hydra/config.yaml; a run still going is
-drawn as far as it got.
+drawn as far as it got. The curves are also written beside the chart as JSON (the PNG's name, .json), so the
+figures survive the run folders.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -38,9 +40,11 @@ def main() -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     print("| run | max epochs | nDCG@10 on dev after each epoch |\n|---|---|---|")
+    record = []
     for run_dir in (r for r in args.runs if r.is_dir()):  # a shell glob also matches multirun.yaml
         label, max_epochs, scores = curve(run_dir)
         if scores:
+            record.append({"run": label, "max_epochs": max_epochs, "val_ndcg@10": scores})
             ax.plot(range(1, len(scores) + 1), scores, marker="o", label=f"{label}, {max_epochs} epochs")
             print(f"| {label} | {max_epochs} | " + ", ".join(f"{s:.4f}" for s in scores) + " |")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
@@ -49,6 +53,7 @@ def main() -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save_figure(fig, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n![validation nDCG@10 per epoch]({args.out.name})")
 
 
