@@ -51,7 +51,13 @@ class ShardedEmbeddings:
         """All shards, memory-mapped (fp16)."""
         if missing := self.missing():
             raise FileNotFoundError(f"{self.folder}: shards {missing[:5]} are not encoded yet")
-        return [np.load(self.path(i), mmap_mode="r") for i in range(self.n_shards)]
+        shards = [np.load(self.path(i), mmap_mode="r") for i in range(self.n_shards)]
+        for i, shard in enumerate(shards):  # a shard of another layout would put every later row in the wrong place
+            expected = min(self.shard_size, self.n_texts - i * self.shard_size)
+            if len(shard) != expected:
+                raise ValueError(f"{self.path(i)}: {len(shard)} rows where this layout ({self.n_texts} texts, "
+                                 f"{self.shard_size} per shard) expects {expected}; delete {self.folder} to re-encode")
+        return shards
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """float32 embeddings of the given global rows (any order, -1 gives zeros)."""

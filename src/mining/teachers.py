@@ -59,7 +59,7 @@ class DenseTeacher:
 
     def _embeddings(self, texts: list[str], kind: str) -> ShardedEmbeddings:
         folder = (self.cache_dir / "embeddings" / f"{self.name}-{stable_hash(self.fingerprint())}"
-                  / f"{kind}-{texts_fingerprint(texts)}")
+                  / f"{kind}-{texts_fingerprint(texts)}-shards{self.shard_size}")  # row i is in shard i // size
         return ShardedEmbeddings(folder, len(texts), self.shard_size)
 
     def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
