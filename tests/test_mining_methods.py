@@ -162,6 +162,12 @@ def test_intra_sample_takes_each_teachers_top1_with_or_without_dedup():
     assert pick_many([a, b], dedup) == [13, 50]
 
 
+def test_intra_sample_gives_exactly_num_negatives_when_teachers_do_not_divide_it():
+    a, b = two_teachers()
+    assert pick_many([a, b], MiningMethod("intra", 3, ensemble="intra_sample")) == [10, 11, 13]  # a: 2, b: 1
+    assert pick_many([a, b, a], MiningMethod("intra", 1, ensemble="intra_sample")) == [10]
+
+
 def pick_many(teachers, method):
     return select_negatives(teachers, np.array([0]), method, np.random.default_rng(0)).idx[0].tolist()
 
@@ -171,6 +177,8 @@ def test_method_validation_names_the_missing_parameter():
         MiningMethod("x", filter="percpos")
     with pytest.raises(ValueError, match="mining.select must be one of"):
         MiningMethod("x", select="best")
+    with pytest.raises(ValueError, match="sample_k must be at least num_negatives"):
+        MiningMethod("x", select="sampled", sample_k=3, num_negatives=4)
 
 
 def test_sampling_with_fewer_candidates_than_negatives():

@@ -30,8 +30,8 @@ are -1: the loss ignores them (the query keeps its positive and in-batch negativ
 query is ever dropped.
 
 Ensembles over several teachers (aligned by query): `cross_sample` applies the method with one teacher drawn
-per query; `intra_sample` takes each teacher's best kept negatives (num_negatives // teachers each, duplicates
-allowed); `intra_sample_dedup` does the same but skips passages an earlier teacher already gave.
+per query; `intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers
+taking any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier teacher already gave.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ class MiningMethod:
             raise ValueError(f"mining.select must be one of {SELECTIONS}, got {self.select!r}")
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"mining.ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+        if self.select in ("sampled", "top1_sampled") and self.sample_k < self.num_negatives:
+            raise ValueError(f"mining.select={self.select} draws {self.num_negatives} negatives among the first "
+                             f"mining.sample_k={self.sample_k} kept: sample_k must be at least num_negatives")
 
     @property
     def uses_teacher(self) -> bool:
@@ -222,9 +225,10 @@ def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: 
                 for name in ("idx", "scores", "removed", "candidates", "filled"):
                     getattr(out, name)[mine] = getattr(part, name)
         return out
-    per_teacher = max(1, method.num_negatives // len(teachers))
+    # num_negatives split as evenly as it goes, the first teachers taking the remainder: exactly as many as asked
+    share, extra = divmod(method.num_negatives, len(teachers))
     parts: list[Negatives] = []
-    for teacher in teachers:
+    for t, teacher in enumerate(teachers[:method.num_negatives]):
         taken = _stack(parts).idx if parts and method.ensemble == "intra_sample_dedup" else None
-        parts.append(select_single(teacher, rows, method, rng, per_teacher, exclude=taken))
+        parts.append(select_single(teacher, rows, method, rng, share + (t < extra), exclude=taken))
     return _stack(parts)
