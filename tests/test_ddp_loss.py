@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from src.training.loss import contrastive_loss
 
@@ -101,3 +102,15 @@ def test_equals_sentence_transformers_multiple_negatives_ranking_loss():
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ours_q.grad, st_q.grad)
     torch.testing.assert_close(ours_p.grad, st_p.grad)
+
+
+def test_logits_are_float32_under_bf16_autocast():
+    """bf16 logits would round near-ties between positive and hard negative together; the loss must not."""
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(4, 16), dim=-1).bfloat16()
+    passages = F.normalize(torch.randn(8, 16), dim=-1).bfloat16()
+    idx = torch.arange(8).reshape(4, 2)
+    exact, _ = contrastive_loss(queries.float(), passages.float(), idx, idx[:, :1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, _ = contrastive_loss(queries, passages, idx, idx[:, :1])
+    assert autocast.item() == pytest.approx(exact.item(), abs=1e-6)

@@ -68,7 +68,10 @@ def contrastive_loss(queries: torch.Tensor, passages: torch.Tensor, passage_idx:
     else:
         all_idx, offset = passage_idx.reshape(-1), 0
     labels = offset + torch.arange(batch, device=queries.device) * group
-    logits = queries @ passages.T / temperature
+    # In float32 even under autocast: bf16 rounds logits near 20 (cosine 1 at t=0.05) to steps of 0.125, which
+    # blurs exactly the near-ties between positive and hard negative that the mining is about.
+    with torch.autocast(queries.device.type, enabled=False):
+        logits = queries.float() @ passages.float().T / temperature
 
     is_positive = ((all_idx[None, :, None] == positive_idx[:, None, :]) & (positive_idx[:, None, :] >= 0)).any(-1)
     allowed = (all_idx[None, :] >= 0) & ~is_positive
@@ -76,7 +79,7 @@ def contrastive_loss(queries: torch.Tensor, passages: torch.Tensor, passage_idx:
         column = torch.arange(all_idx.shape[0], device=queries.device)
         allowed &= (column[None, :] >= labels[:, None]) & (column[None, :] < labels[:, None] + group)
     allowed[torch.arange(batch), labels] = True
-    logits = logits.float().masked_fill(~allowed, float("-inf"))
+    logits = logits.masked_fill(~allowed, float("-inf"))
     loss = F.cross_entropy(logits, labels)
     accuracy = (logits.argmax(dim=1) == labels).float().mean()
     return loss, accuracy
