@@ -57,3 +57,17 @@ class StopAfterEpoch:
                     trainer.should_stop = True
 
         return _Stop()
+
+
+class CrashAtBatch:
+    """A callback that raises before the given batch of the given epoch, as a crash would (last.ckpt saved)."""
+
+    def __new__(cls, epoch: int = 1, batch: int = 1):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_batch_start(self, trainer, module, batch_data, batch_idx):
+                if (trainer.current_epoch, batch_idx) == (epoch, batch):
+                    raise RuntimeError("simulated crash")
+
+        return _Crash()

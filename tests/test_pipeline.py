@@ -152,6 +152,26 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
+def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path):
+    """A crash inside an epoch, then resume from the checkpoint it left: the epoch's remaining batches, not its
+    first ones again, so the weights end where an unbroken run's do."""
+    import train
+    common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
+                     "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                     "mining=sampled_topk"]
+    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
+                         "+callbacks.crash.batch=1"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train(compose_cfg("train", crashing, tmp_path / "first"))
+    train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "resumed"))
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    again = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name, value in straight.items():
+        torch.testing.assert_close(again[name], value, msg=name)
+
+
 def _last_loss(run):
     import csv
     rows = [r for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("train/loss")]

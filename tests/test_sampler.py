@@ -76,3 +76,14 @@ def test_batches_carry_what_the_loss_needs(datamodule):
     assert batch["passages"]["input_ids"].shape[0] == size * 5
     assert batch["queries"]["input_ids"].shape[0] == size
     assert np.all(batch["passages"]["attention_mask"].sum(1).numpy() <= 64)
+
+
+def test_sampler_resumed_mid_epoch_continues_that_epoch_then_runs_whole_ones():
+    straight = EpochSampler(20, seed=3, rank=1, world_size=2)
+    straight.set_epoch(1)
+    epoch1 = list(straight)
+    resumed = EpochSampler(20, seed=3, rank=1, world_size=2)
+    resumed.resume(1, items_done=4)
+    assert list(resumed) == epoch1[4:] and len(resumed) == len(epoch1)  # Lightning counts whole epochs
+    straight.set_epoch(2), resumed.set_epoch(2)
+    assert list(resumed) == list(straight)

@@ -43,8 +43,9 @@ class SampleRate(L.Callback):
 
     def __init__(self, skip_steps: int = 3):
         self.skip_steps = skip_steps
+        self.on_train_epoch_start()  # an epoch resumed mid-way gets no epoch-start call
 
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_epoch_start(self, *_) -> None:
         self.steps, self.samples, self.started = 0, 0, None
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch: dict,

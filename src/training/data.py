@@ -57,9 +57,14 @@ class EpochSampler(Sampler):
     def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
         self.size, self.seed, self.shuffle, self.rank, self.world_size = size, seed, shuffle, rank, world_size
         self.epoch = 0
+        self._skip: dict[int, int] = {}
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
         self.epoch = epoch
+
+    def resume(self, epoch: int, items_done: int = 0) -> None:
+        """Start at `epoch`, after its first `items_done` items of this rank (a checkpoint saved mid-epoch)."""
+        self.epoch, self._skip = epoch, {epoch: items_done}
 
     def __len__(self) -> int:
         return -(-self.size // self.world_size)
@@ -68,7 +73,7 @@ class EpochSampler(Sampler):
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.size) if self.shuffle
                  else np.arange(self.size))
         order = np.resize(order, len(self) * self.world_size)  # wrap around to a multiple of the world size
-        for index in order[self.rank::self.world_size]:
+        for index in order[self.rank::self.world_size][self._skip.pop(self.epoch, 0):]:
             yield int(index), self.epoch
 
 

@@ -8,6 +8,7 @@ applied when items are drawn, so a sweep over methods reuses one mining run.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ from src.training.data import (ContrastiveDataset, EncodeCollator, EncodeDataset
                                TrainingCollator, encode_batches)
 
 log = logging.getLogger(__name__)
+# The train loader resumes mid-epoch through the datamodule's state_dict (below); Lightning, which only knows
+# loaders that keep their own state, would still warn that it cannot.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 # train split -> {teacher name: candidates}, mining what is missing (src.mining.mined_candidates).
 CandidatesFn = Callable[[RetrievalData], dict[str, CandidateArrays]]
@@ -42,6 +46,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.val_batch_size, self.progress = val_batch_size, progress
         self.train_set: ContrastiveDataset | None = None
         self.val_data: RetrievalData | None = None
+        self.start = 0, 0  # (epoch, batches of it already trained): load_state_dict moves it on resume
 
     def prepare_data(self) -> None:
         """Mine once, before any process loads (Lightning runs this on one process per node)."""
@@ -92,12 +97,31 @@ class RetrievalDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    # Where a resumed run starts: Lightning restores this before it first builds the train loader (its own
+    # counters come later, and its workers may draw before it sets the epoch), and then runs only the batches
+    # the epoch had left. A plain sampler would start that epoch over, training its first batches twice and
+    # its last ones never. An epoch Lightning started but did not process was cut short.
+    def state_dict(self) -> dict[str, int]:
+        fit = self.trainer.fit_loop
+        epoch, done = fit.epoch_progress.current, fit.epoch_loop.batch_progress.current.processed
+        if epoch.started == epoch.processed + 1 and done < self.trainer.num_training_batches:
+            return {"epoch": epoch.processed, "batches_done": done}
+        return {"epoch": epoch.started, "batches_done": 0}  # at an epoch's end: the next one starts afresh
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.start = state["epoch"], state["batches_done"]
+
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, rank=rank, world_size=world)
+        epoch, batches_done = self.start
+        sampler.resume(epoch, batches_done * self.batch_size)
+        # Its own generator: each new iterator draws its worker seed from it, not from the global stream that
+        # dropout draws from, so a run resumed mid-epoch (one iterator more) keeps the unbroken run's masks.
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=TrainingCollator(self.tokenizer), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_data is None:
