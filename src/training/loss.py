@@ -15,11 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from src.utils.distributed import rank_and_world as _world
 
 
 class _GatherWithGrad(torch.autograd.Function):

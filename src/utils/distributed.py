@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -13,7 +14,9 @@ def init_from_env() -> tuple[int, int]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # Mining waits at barriers while one rank works alone (encoding a last shard, searching the corpus):
+        # hours with a 7B teacher on a large corpus, far past the default 10-minute collective timeout.
+        dist.init_process_group(backend, timeout=timedelta(hours=12))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return rank_and_world()
