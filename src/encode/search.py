@@ -40,7 +40,7 @@ def choose_backend(backend: str = "auto") -> str:
     return "torch" if torch.cuda.is_available() and faiss_gpus == 0 else "faiss"
 
 
-def _sort_rows(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def sort_rows(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k of each row by (score desc, index asc); missing entries (index -1) go last."""
     key_scores = np.where(indices < 0, -np.inf, scores)
     order = np.lexsort((indices, -key_scores), axis=-1)[:, :k]
@@ -108,6 +108,6 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray | Sequence[np.ndarray],
                 scores, idx = searcher.topk(rows, block, min(k, n_rows))
                 merged_scores = np.concatenate([best_scores[rows], scores.astype(np.float32)], axis=1)
                 merged_idx = np.concatenate([best_indices[rows], idx.astype(np.int64) + offset + c_start], axis=1)
-                best_scores[rows], best_indices[rows] = _sort_rows(merged_scores, merged_idx, k)
+                best_scores[rows], best_indices[rows] = sort_rows(merged_scores, merged_idx, k)
         offset += len(shard)
     return best_scores, best_indices

@@ -17,6 +17,7 @@ import numpy as np
 
 from src.data.beir import RetrievalData
 from src.data.candidates import CandidateArrays, read_manifest, write_candidates
+from src.encode.search import sort_rows
 from src.mining.teachers import Teacher
 from src.utils.distributed import barrier
 from src.utils.io import stable_hash, texts_fingerprint
@@ -93,15 +94,10 @@ def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSetti
         tail_idx[r, : len(sample)] = sample
     query_rows = np.arange(len(rows))
     tail_scores = teacher.pair_scores(query_rows, tail_idx)
-    tail_idx, tail_scores = _first_kept(tail_idx >= 0, *_best_first(tail_idx, tail_scores), settings.tail)
+    tail_scores, tail_idx = sort_rows(tail_scores, tail_idx, settings.tail)  # best first, missing last
+    tail_idx, tail_scores = _first_kept(tail_idx >= 0, tail_idx, tail_scores, settings.tail)
     return CandidateArrays(query_ids, pos_idx, teacher.pair_scores(query_rows, pos_idx), neg_idx, neg_scores,
                            tail_idx, tail_scores, n)
-
-
-def _best_first(idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    key = np.where(idx >= 0, scores, -np.inf)
-    order = np.lexsort((idx, -key), axis=-1)
-    return np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1)
 
 
 def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings, cache_dir: Path,

@@ -59,8 +59,9 @@ class RetrievalDataModule(L.LightningDataModule):
         train = load_data(self.data_cfg, self.data_cfg.train_split)
         self.candidates = self.candidates_fn(train)
         teachers = list(self.candidates.values())
-        if any(t.query_ids != teachers[0].query_ids for t in teachers):
-            raise ValueError("the ensemble's teachers were mined on different queries; mine them again")
+        if differing := [name for name, t in self.candidates.items() if t.query_ids != teachers[0].query_ids]:
+            raise ValueError(f"teachers {differing} were mined on other queries than {next(iter(self.candidates))}; "
+                             "mine them again")
         if len(teachers) > 1 and self.method.ensemble is None:
             raise ValueError(f"teacher has {len(teachers)} members: choose an ensemble method "
                              "(mining=cross_sample, intra_sample or intra_sample_dedup)")
