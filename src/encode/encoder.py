@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -131,7 +131,7 @@ class TextEncoder(torch.nn.Module):
         bar = tqdm(total=len(texts), desc=desc, unit=kind[0], disable=not progress, leave=False)
         with autocast:
             for start, ids in self._tokenized_chunks(texts, kind, chunk_size):
-                for rows in _length_sorted_batches(ids, max_tokens, max_rows=8 * batch_size):
+                for rows in length_sorted_batches([len(x) for x in ids], max_tokens, max_rows=8 * batch_size):
                     batch = {k: v.to(device, non_blocking=True)
                              for k, v in self.tokenizer.pad([ids[r] for r in rows], kind).items()}
                     embeddings = self(**batch).cpu().numpy()
@@ -156,16 +156,15 @@ class TextEncoder(torch.nn.Module):
                 yield pending[0], pending[1].result()
 
 
-def _length_sorted_batches(ids: list[list[int]], max_tokens: int, max_rows: int) -> Iterator[list[int]]:
-    """Row indices grouped longest first, each batch holding at most `max_tokens` padded tokens."""
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None = None) -> Iterator[list[int]]:
+    """Row indices grouped longest first, each batch holding at most `max_tokens` padded tokens (and `max_rows`)."""
+    lengths = np.asarray(lengths)
     batch: list[int] = []
-    for i in order:
-        width = len(ids[batch[0]]) if batch else len(ids[i])
-        if batch and ((len(batch) + 1) * width > max_tokens or len(batch) >= max_rows):
+    for i in np.argsort(-lengths, kind="stable"):
+        if batch and ((len(batch) + 1) * lengths[batch[0]] > max_tokens or len(batch) == max_rows):
             yield batch
             batch = []
-        batch.append(i)
+        batch.append(int(i))
     if batch:
         yield batch
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from src.data.candidates import CandidateArrays
+from src.encode.encoder import length_sorted_batches
 from src.encode.tokenizer import PromptTokenizer
 from src.mining.methods import MiningMethod, select_negatives
 
@@ -145,17 +146,8 @@ class EncodeDataset(Dataset):
 def encode_batches(stores: dict[str, TokenStore], max_tokens: dict[str, int], rank: int = 0,
                    world_size: int = 1) -> list[list[tuple[str, int]]]:
     """Length-sorted batches of one kind each, under a padded-token budget; this rank's share of them."""
-    batches = []
-    for kind, store in stores.items():
-        lengths = store.lengths()
-        batch: list[tuple[str, int]] = []
-        for row in np.argsort(-lengths, kind="stable"):
-            if batch and (len(batch) + 1) * lengths[batch[0][1]] > max_tokens[kind]:
-                batches.append(batch)
-                batch = []
-            batch.append((kind, int(row)))
-        if batch:
-            batches.append(batch)
+    batches = [[(kind, row) for row in rows] for kind, store in stores.items()
+               for rows in length_sorted_batches(store.lengths(), max_tokens[kind])]
     return batches[rank::world_size]
 
 
