@@ -60,14 +60,20 @@ class StopAfterEpoch:
 
 
 class CrashAtBatch:
-    """A callback that raises before the given batch of the given epoch, as a crash would (last.ckpt saved)."""
+    """A callback that raises in the given batch of the given epoch, as a crash would (last.ckpt saved): before
+    the step, or inside it, after the forward (`inside_step`, as an out-of-memory error in backward would)."""
 
-    def __new__(cls, epoch: int = 1, batch: int = 1):
+    def __new__(cls, epoch: int = 1, batch: int = 1, inside_step: bool = False):
         import lightning as L
 
         class _Crash(L.Callback):
             def on_train_batch_start(self, trainer, module, batch_data, batch_idx):
-                if (trainer.current_epoch, batch_idx) == (epoch, batch):
+                self.here = (trainer.current_epoch, batch_idx) == (epoch, batch)
+                if self.here and not inside_step:
+                    raise RuntimeError("simulated crash")
+
+            def on_before_backward(self, trainer, module, loss):
+                if self.here:
                     raise RuntimeError("simulated crash")
 
         return _Crash()

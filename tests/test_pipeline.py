@@ -152,16 +152,20 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
-def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path):
-    """A crash inside an epoch, then resume from the checkpoint it left: the epoch's remaining batches, not its
-    first ones again, so the weights end where an unbroken run's do."""
+@pytest.mark.parametrize("inside_step,workers", [(False, 0), (True, 0), (False, 2)])
+def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path, inside_step, workers):
+    """A crash inside an epoch (between steps, or inside one after its forward drew dropout masks), then resume
+    from the checkpoint it left: the epoch's remaining batches, not its first ones again, with the same masks,
+    so the weights end where an unbroken run's do; also with loader workers and validation every epoch."""
     import train
     common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
                      "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
-                     "mining=sampled_topk"]
+                     "mining=sampled_topk", f"datamodule.num_workers={workers}"]
+    if workers:  # a third epoch: a draw made by the resumed run's first validation would show in its masks
+        common += ["data.val_split=dev", "+trainer.limit_val_batches=2", "trainer.max_epochs=3"]
     train.train(compose_cfg("train", common, tmp_path / "straight"))
     crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
-                         "+callbacks.crash.batch=1"]
+                         "+callbacks.crash.batch=1", f"+callbacks.crash.inside_step={inside_step}"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.train(compose_cfg("train", crashing, tmp_path / "first"))
     train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],

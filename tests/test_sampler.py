@@ -87,3 +87,19 @@ def test_sampler_resumed_mid_epoch_continues_that_epoch_then_runs_whole_ones():
     assert list(resumed) == epoch1[4:] and len(resumed) == len(epoch1)  # Lightning counts whole epochs
     straight.set_epoch(2), resumed.set_epoch(2)
     assert list(resumed) == list(straight)
+
+
+def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
+    from types import SimpleNamespace
+
+    from src.mining.methods import MiningMethod
+    from src.training.datamodule import RetrievalDataModule
+    module = RetrievalDataModule({}, {"name_or_path": "unused"}, MiningMethod("naive_topk"), candidates_fn=None,
+                                 batch_size=16)
+    module.trainer = SimpleNamespace(global_rank=0, world_size=1, accumulate_grad_batches=1)
+    module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1})
+    assert module.start == (2, 5)
+    with pytest.raises(ValueError, match="stopped mid-epoch with .*'batch_size': 32"):
+        module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 32, "world_size": 1})
+    module.load_state_dict({"epoch": 3, "batches_done": 0, "batch_size": 32, "world_size": 4})  # epoch boundary
+    assert module.start == (3, 0)

@@ -103,22 +103,32 @@ class RetrievalDataModule(L.LightningDataModule):
     # the epoch had left. A plain sampler would start that epoch over, training its first batches twice and
     # its last ones never. An epoch Lightning started but did not process was cut short.
     def state_dict(self) -> dict[str, int]:
-        fit = self.trainer.fit_loop
+        fit, (_, world) = self.trainer.fit_loop, self._rank_world()
         epoch, done = fit.epoch_progress.current, fit.epoch_loop.batch_progress.current.processed
+        layout = {"batch_size": self.batch_size, "world_size": world}  # what the batch count is counted in
         if epoch.started == epoch.processed + 1 and done < self.trainer.num_training_batches:
-            return {"epoch": epoch.processed, "batches_done": done}
-        return {"epoch": epoch.started, "batches_done": 0}  # at an epoch's end: the next one starts afresh
+            return {"epoch": epoch.processed, "batches_done": done, **layout}
+        return {"epoch": epoch.started, "batches_done": 0, **layout}  # at an epoch's end: the next starts afresh
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        layout = {"batch_size": self.batch_size, "world_size": self._rank_world()[1]}
+        saved = {k: state.get(k, v) for k, v in layout.items()}
+        if state["batches_done"] and saved != layout:
+            raise ValueError(f"the checkpoint stopped mid-epoch with {saved}; resume it with the same, not {layout}")
         self.start = state["epoch"], state["batches_done"]
+        if state["batches_done"] % self.trainer.accumulate_grad_batches:
+            log.warning("the checkpoint stopped inside a gradient-accumulation window: the gradients of its %d "
+                        "batches were not saved, so they are lost", state["batches_done"] %
+                        self.trainer.accumulate_grad_batches)
 
+    # Both loaders have their own generator: a new iterator draws its worker seed from it, not from the global
+    # stream that dropout draws from, so a resumed run (which makes iterators an unbroken one made before the
+    # checkpoint) keeps the unbroken run's masks.
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, rank=rank, world_size=world)
         epoch, batches_done = self.start
         sampler.resume(epoch, batches_done * self.batch_size)
-        # Its own generator: each new iterator draws its worker seed from it, not from the global stream that
-        # dropout draws from, so a run resumed mid-epoch (one iterator more) keeps the unbroken run's masks.
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=TrainingCollator(self.tokenizer), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -132,4 +142,4 @@ class RetrievalDataModule(L.LightningDataModule):
         return DataLoader(EncodeDataset(self.val_tokens), batch_sampler=encode_batches(self.val_tokens, budget,
                                                                                         rank, world),
                           collate_fn=EncodeCollator(self.tokenizer), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))

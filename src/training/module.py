@@ -115,13 +115,17 @@ class BiEncoderModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # Random states travel with checkpoints: a resumed run draws the same dropout masks as an unbroken one.
-    # Stored as tensors and lists only, so checkpoints load with torch.load(weights_only=True).
+    # Random states travel with checkpoints: a resumed run draws the same dropout masks as an unbroken one. A
+    # crash inside a step (out of memory in backward, say) is saved after its forward drew masks; resuming
+    # redoes that step, so the states from before it are the ones to keep.
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._before_step = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready, _rng_states()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                    "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.total
+        step, states = getattr(self, "_before_step", (None, None))
+        inside_step = step == progress.ready and progress.ready > progress.processed
+        checkpoint["rng_states"] = states if inside_step else _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
@@ -132,6 +136,14 @@ class BiEncoderModule(L.LightningModule):
             random.setstate(states["python"])
             if states["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _rng_states() -> dict:
+    """Every random state a step draws from, as tensors and lists: checkpoints load with weights_only=True."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def training_precision(setting: str) -> str:
