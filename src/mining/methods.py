@@ -31,7 +31,8 @@ query is ever dropped.
 
 Ensembles over several teachers (aligned by query): `cross_sample` applies the method with one teacher drawn
 per query; `intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers
-taking any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier teacher already gave.
+taking any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier
+teacher already gave.
 """
 
 from __future__ import annotations

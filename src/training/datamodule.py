@@ -103,15 +103,18 @@ class RetrievalDataModule(L.LightningDataModule):
     # the epoch had left. A plain sampler would start that epoch over, training its first batches twice and
     # its last ones never. An epoch Lightning started but did not process was cut short.
     def state_dict(self) -> dict[str, int]:
-        fit, (_, world) = self.trainer.fit_loop, self._rank_world()
+        fit = self.trainer.fit_loop
         epoch, done = fit.epoch_progress.current, fit.epoch_loop.batch_progress.current.processed
-        layout = {"batch_size": self.batch_size, "world_size": world}  # what the batch count is counted in
-        if epoch.started == epoch.processed + 1 and done < self.trainer.num_training_batches:
-            return {"epoch": epoch.processed, "batches_done": done, **layout}
-        return {"epoch": epoch.started, "batches_done": 0, **layout}  # at an epoch's end: the next starts afresh
+        cut_short = epoch.started == epoch.processed + 1 and done < self.trainer.num_training_batches
+        start, batches_done = (epoch.processed, done) if cut_short else (epoch.started, 0)  # else the next afresh
+        return {"epoch": start, "batches_done": batches_done, **self._layout()}
+
+    def _layout(self) -> dict[str, int]:
+        """What a mid-epoch batch count is counted in."""
+        return {"batch_size": self.batch_size, "world_size": self._rank_world()[1]}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        layout = {"batch_size": self.batch_size, "world_size": self._rank_world()[1]}
+        layout = self._layout()
         saved = {k: state.get(k, v) for k, v in layout.items()}
         if state["batches_done"] and saved != layout:
             raise ValueError(f"the checkpoint stopped mid-epoch with {saved}; resume it with the same, not {layout}")
