@@ -40,9 +40,11 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
       *) echo "teacher=$1" ;;
     esac
   }
-  finished() {  # teacher seed method; none and random read no teacher score: a run under any teacher serves all
+  local teacher_free  # methods that read no teacher score (none, random): a run under any teacher serves all
+  teacher_free=$(python -c 'from bench.ablation_report import TEACHER_FREE; print(",".join(sorted(TEACHER_FREE)))')
+  finished() {  # teacher seed method
     local owner=$1
-    case $3 in none | random) owner='*' ;; esac
+    [[ ,$teacher_free, != *,$3,* ]] || owner='*'
     compgen -G "$logs/ours/$owner/seed$2/$3/summary.json" >/dev/null
   }
   local common=(data=local "data.path=$data" encode.progress=false) student=("model.name_or_path=$base")
