@@ -191,3 +191,34 @@ def test_percpos_stays_below_a_negative_positive_score():
     c = candidates(pos=((-0.5,),), scores=([-0.25, -0.5, -0.625, -0.75],))
     neg = pick(MiningMethod("percpos", 2, filter="percpos", perc=0.75), c)  # bound -0.5 - 0.125 = -0.625
     assert ranks(neg) == [3, -1]
+
+
+class SearchRoundsDifferently:
+    """A teacher whose search sums in another order than its pair scores, as faiss does against numpy."""
+
+    name = "stub"
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = scores.astype(np.float32)
+
+    def top(self, k):
+        searched = self.scores - np.float32(1e-7)  # a copy of a positive lands just below it
+        idx = np.argsort(-searched, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(searched, idx, 1), idx
+
+    def pair_scores(self, rows, idx):
+        return np.where(idx >= 0, np.take_along_axis(self.scores[rows], np.maximum(idx, 0), 1), np.nan)
+
+
+def test_a_copy_of_the_positive_is_scored_like_it_and_removed_at_the_bound():
+    from src.data.beir import LoadReport, RetrievalData
+    from src.mining.miner import MinerSettings, score_candidates
+    # p1 is a copy of q0's positive p0: the same score, which a filter bound set at the positive must remove.
+    scores = np.array([[0.75, 0.75, 0.5, 0.25, 0.125, 0.0625]])
+    data = RetrievalData([f"p{i}" for i in range(6)], [""] * 6, ["q0"], [""], {"q0": {"p0": 1}}, LoadReport("t"))
+    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=3, tail=2))
+    assert c.neg_idx.tolist() == [[1, 2, 3]] and c.neg_scores.tolist() == [[0.75, 0.5, 0.25]]
+    assert c.pos_scores.tolist() == [[0.75]] and c.tail_scores.tolist() == [[0.0625, -np.inf]]
+    for method in (MiningMethod("marginpos", 2, filter="marginpos", margin=0.0),
+                   MiningMethod("percpos", 2, filter="percpos", perc=1.0)):
+        assert 1 not in pick(method, c).idx

@@ -24,6 +24,8 @@ from src.utils.io import stable_hash, texts_fingerprint
 
 log = logging.getLogger(__name__)
 
+CANDIDATES_FORMAT = 2  # part of the cache key: bump when the stored scores change meaning (2: one scoring path)
+
 
 @dataclass(frozen=True)
 class MinerSettings:
@@ -41,7 +43,7 @@ def data_fingerprint(data: RetrievalData) -> str:
 
 def candidates_folder(cache_dir: Path, dataset: str, data: RetrievalData, teacher: Teacher,
                       settings: MinerSettings) -> Path:
-    key = stable_hash([data_fingerprint(data), teacher.fingerprint(), asdict(settings)])
+    key = stable_hash([data_fingerprint(data), teacher.fingerprint(), asdict(settings), CANDIDATES_FORMAT])
     return Path(cache_dir) / "candidates" / f"{dataset}-{data.report.split}" / f"{teacher.name}-{key}"
 
 
@@ -83,7 +85,7 @@ def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSetti
     self_idx = np.array([data.passage_index.get(q, -2) for q in query_ids])[:, None]
     is_positive = (top_idx[:, :, None] == pos_idx[:, None, :]).any(-1)
     keep = (top_idx >= 0) & ~is_positive & (top_idx != self_idx)
-    neg_idx, neg_scores = _first_kept(keep, top_idx, top_scores, settings.depth)
+    neg_idx, _ = _first_kept(keep, top_idx, top_scores, settings.depth)
 
     n = len(data.passages)
     tail_idx = np.full((len(rows), settings.tail), -1, dtype=np.int64)
@@ -92,12 +94,22 @@ def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSetti
         excluded = np.concatenate([top_idx[r], pos_idx[r], self_idx[r]])
         sample = _sample_tail(n, excluded, settings.tail, rng)
         tail_idx[r, : len(sample)] = sample
-    query_rows = np.arange(len(rows))
-    tail_scores = teacher.pair_scores(query_rows, tail_idx)
-    tail_scores, tail_idx = sort_rows(tail_scores, tail_idx, settings.tail)  # best first, missing last
-    tail_idx, tail_scores = _first_kept(tail_idx >= 0, tail_idx, tail_scores, settings.tail)
-    return CandidateArrays(query_ids, pos_idx, teacher.pair_scores(query_rows, pos_idx), neg_idx, neg_scores,
-                           tail_idx, tail_scores, n)
+
+    # The search only says which passages: every stored score comes from one pair_scores call. A search sums in
+    # another order, so its score for a copy of a positive can fall below the positive's own and slip under a
+    # bound set at it (margin 0, perc 1.0).
+    widths = np.cumsum([pos_idx.shape[1], settings.depth])
+    pos_scores, neg_scores, tail_scores = np.split(
+        teacher.pair_scores(np.arange(len(rows)), np.concatenate([pos_idx, neg_idx, tail_idx], 1)), widths, 1)
+    neg_idx, neg_scores = _best_first(neg_idx, neg_scores)
+    tail_idx, tail_scores = _best_first(tail_idx, tail_scores)
+    return CandidateArrays(query_ids, pos_idx, pos_scores, neg_idx, neg_scores, tail_idx, tail_scores, n)
+
+
+def _best_first(idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row by (score desc, index asc), empty slots (-1, score -inf) last."""
+    scores, idx = sort_rows(scores, idx, idx.shape[1])
+    return idx, np.where(idx >= 0, scores, -np.inf).astype(np.float32)
 
 
 def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings, cache_dir: Path,

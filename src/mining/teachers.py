@@ -1,7 +1,7 @@
 """Teachers score (query, passage) pairs. Each offers two primitives the miner builds on:
 
     top(k)                    every query's k best passages: (scores, corpus rows), best first
-    pair_scores(rows, idx)    the scores of given passages for given queries (positives, tail samples)
+    pair_scores(rows, idx)    the scores of given passages for given queries (positives, top-K, tail samples)
 
 A dense teacher encodes with any model config (its embeddings cached as resumable fp16 shards, encoded by
 every process of a distributed run); BM25 uses bm25s.
@@ -88,9 +88,11 @@ class DenseTeacher:
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_search(self.query_embeddings, self.passages.shards(), k, self.encode_cfg.search_backend)
 
-    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray, budget: int = 256 << 20) -> np.ndarray:
         out = np.empty(passage_idx.shape, dtype=np.float32)
-        for start in range(0, len(query_rows), chunk):  # bounded memory: chunk x width passage vectors at a time
+        row_bytes = 4 * max(1, passage_idx.shape[1]) * self.query_embeddings.shape[1]
+        chunk = max(1, budget // row_bytes)  # bounded memory: `budget` bytes of passage vectors at a time
+        for start in range(0, len(query_rows), chunk):
             idx = passage_idx[start:start + chunk]
             vectors = self.passages.rows(idx.reshape(-1)).reshape(*idx.shape, -1)
             scores = np.einsum("qd,qkd->qk", self.query_embeddings[query_rows[start:start + chunk]], vectors)
