@@ -117,10 +117,12 @@ def test_top1_sampled_keeps_the_best_survivor():
     assert seen == {4, 5, 6}
 
 
-def test_random_never_returns_a_positive():
+def test_random_never_returns_a_positive_nor_a_passage_twice():
     c = candidates(pos=((0.5, 0.4, 0.3),), n_passages=5)
-    neg = pick(MiningMethod("random", 50, select="random"), c)
-    assert set(neg.idx[0].tolist()) <= {3, 4} and np.isnan(neg.scores).all()
+    neg = pick(MiningMethod("random", 4, select="random"), c)
+    assert sorted(neg.idx[0].tolist()) == [-1, -1, 3, 4] and np.isnan(neg.scores).all()  # only two to give
+    everything = pick(MiningMethod("random", 11, select="random"), candidates(n_passages=12), seed=1)
+    assert sorted(everything.idx[0].tolist()) == list(range(1, 12))
 
 
 def test_none_gives_no_hard_negatives():
@@ -166,6 +168,16 @@ def test_intra_sample_gives_exactly_num_negatives_when_teachers_do_not_divide_it
     a, b = two_teachers()
     assert pick_many([a, b], MiningMethod("intra", 3, ensemble="intra_sample")) == [10, 11, 13]  # a: 2, b: 1
     assert pick_many([a, b, a], MiningMethod("intra", 1, ensemble="intra_sample")) == [10]
+
+
+def test_ensemble_margins_are_taken_within_each_teacher():
+    from src.mining.stats import method_stats
+    a = candidates()  # cosine-like: positive 0.5, best candidate 0.625
+    b = candidates(pos=((32.0,),), scores=([24.0, 16.0],))  # BM25-like: positive 32
+    b.neg_idx[0, :2] = [50, 51]
+    stats = method_stats([a, b], MiningMethod("intra", 2, ensemble="intra_sample"))
+    assert stats.margins.tolist() == [0.5 - 0.625, 32.0 - 24.0]
+    assert sorted(stats.positive_scores.tolist()) == [0.5, 32.0]
 
 
 def pick_many(teachers, method):

@@ -94,6 +94,7 @@ class Negatives:
 
     idx: np.ndarray  # [queries, num_negatives] corpus rows, -1 = empty slot
     scores: np.ndarray  # [queries, num_negatives] teacher scores (nan for random or empty)
+    anchors: np.ndarray  # [queries, num_negatives] the positive score of the teacher that scored each negative
     removed: np.ndarray  # [queries] stored candidates the filter removed
     candidates: np.ndarray  # [queries] stored candidates
     filled: np.ndarray  # [queries] negatives taken from the tail sample
@@ -176,10 +177,13 @@ def _fill_from_tail(idx: np.ndarray, scores: np.ndarray, c: CandidateArrays, row
 
 
 def _random_negatives(c: CandidateArrays, rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    idx = rng.integers(0, c.n_passages, size=(len(rows), n))
-    positives = c.pos_idx[rows]
-    while (clash := (idx[:, :, None] == positives[:, None, :]).any(-1)).any():
-        idx[clash] = rng.integers(0, c.n_passages, size=int(clash.sum()))
+    """n distinct passages per query, none of them its positive; -1 pads where the corpus has too few."""
+    idx = np.full((len(rows), n), -1, dtype=np.int64)
+    width = c.pos_idx.shape[1]
+    for r, positives in enumerate(c.pos_idx[rows]):  # draws n + positives distinct rows, then drops the positives
+        draw = rng.choice(c.n_passages, size=min(c.n_passages, n + width), replace=False)
+        draw = draw[~np.isin(draw, positives)][:n]
+        idx[r, : len(draw)] = draw
     return idx
 
 
@@ -190,8 +194,8 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     present = c.neg_idx[rows] >= 0
     if method.select == "random":
         idx = _random_negatives(c, rows, n, rng)
-        zeros = np.zeros(len(rows), dtype=np.int64)
-        return Negatives(idx, np.full(idx.shape, np.nan, np.float32), zeros, present.sum(1), zeros)
+        zeros, nan = np.zeros(len(rows), dtype=np.int64), np.full(idx.shape, np.nan, np.float32)
+        return Negatives(idx, nan, nan, zeros, present.sum(1), zeros)
     scores, pos_min = c.neg_scores[rows], c.pos_min[rows]
     ranks = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     passes = keep_mask(scores, ranks, pos_min, method)
@@ -201,13 +205,15 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     idx = _gather(c.neg_idx[rows], positions, valid, -1)
     chosen_scores = _gather(scores, positions, valid, np.nan).astype(np.float32)
     idx, chosen_scores, filled = _fill_from_tail(idx, chosen_scores, c, rows, method, pos_min, exclude)
-    return Negatives(idx, chosen_scores, (present & ~passes).sum(1), present.sum(1), filled)
+    anchors = np.broadcast_to(pos_min[:, None], idx.shape).astype(np.float32)  # margins stay within a teacher
+    return Negatives(idx, chosen_scores, anchors, (present & ~passes).sum(1), present.sum(1), filled)
 
 
 def _stack(parts: list[Negatives]) -> Negatives:
     cat = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
     total = lambda name: sum(getattr(p, name) for p in parts)  # noqa: E731
-    return Negatives(cat("idx", 1), cat("scores", 1), total("removed"), total("candidates"), total("filled"))
+    return Negatives(cat("idx", 1), cat("scores", 1), cat("anchors", 1), total("removed"), total("candidates"),
+                     total("filled"))
 
 
 def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: MiningMethod,
@@ -223,7 +229,7 @@ def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: 
             mine = choice == t
             if mine.any():
                 part = select_single(teachers[t], rows[mine], method, rng)
-                for name in ("idx", "scores", "removed", "candidates", "filled"):
+                for name in ("idx", "scores", "anchors", "removed", "candidates", "filled"):
                     getattr(out, name)[mine] = getattr(part, name)
         return out
     # num_negatives split as evenly as it goes, the first teachers taking the remainder: exactly as many as asked

@@ -25,9 +25,9 @@ class MethodStats:
     negatives_per_query: float
     queries_filled: int  # took at least one negative from the tail sample
     queries_short: int  # still fewer than num_negatives (trained with fewer hard negatives, never dropped)
-    positive_scores: np.ndarray  # each query's anchor (its lowest positive score)
+    positive_scores: np.ndarray  # each query's anchor (its lowest positive score), under each teacher used
     negative_scores: np.ndarray  # every chosen negative with a teacher score
-    margins: np.ndarray  # anchor minus negative, per chosen negative
+    margins: np.ndarray  # anchor minus negative, per chosen negative, both from the teacher that scored it
 
     def row(self) -> dict[str, str]:
         mean = lambda a: f"{a.mean():.3f}" if a.size else "-"  # noqa: E731
@@ -41,7 +41,7 @@ class MethodStats:
 def method_stats(teachers: list[CandidateArrays], method: MiningMethod, seed: int = 0) -> MethodStats:
     rows = np.arange(len(teachers[0]))
     negatives: Negatives = select_negatives(teachers, rows, method, np.random.default_rng(seed))
-    anchor = teachers[0].pos_min
+    used = teachers if method.ensemble is not None else teachers[:1]
     chosen = negatives.idx >= 0
     scored = chosen & np.isfinite(negatives.scores)
     return MethodStats(
@@ -50,8 +50,8 @@ def method_stats(teachers: list[CandidateArrays], method: MiningMethod, seed: in
         negatives_per_query=float(chosen.sum(1).mean()) if len(rows) else 0.0,
         queries_filled=int((negatives.filled > 0).sum()),
         queries_short=int((chosen.sum(1) < method.num_negatives).sum()),
-        positive_scores=anchor, negative_scores=negatives.scores[scored],
-        margins=(anchor[:, None] - negatives.scores)[scored])
+        positive_scores=np.concatenate([t.pos_min for t in used]), negative_scores=negatives.scores[scored],
+        margins=(negatives.anchors - negatives.scores)[scored])
 
 
 def candidate_diagnostics(c: CandidateArrays) -> dict[str, float]:
