@@ -74,6 +74,7 @@ def test_bad_query_line(tmp_path):
     ("query-id\tcorpus-id\tscore\nq1\td1\t1\textra\n", 2, "found 4"),
     ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\thigh\n", 3, "score 'high' is not an integer"),
     ("query-id\tcorpus-id\tscore\nq1\td1\t0.5\n", 2, "score '0.5' is not an integer"),
+    ("q1\td1\t2.0\nq2\td2\t1\n", 1, "score '2.0' is not an integer"),  # a first row, not a header
 ])
 def test_bad_qrels_rows(tmp_path, qrels, line, message):
     write_beir(tmp_path, qrels=qrels)

@@ -21,6 +21,41 @@ def test_embedding_shards_of_another_layout_are_refused_not_misread(tmp_path):
         ShardedEmbeddings(tmp_path, 7, shard_size=5).rows(np.array([4]))
 
 
+def test_embeddings_that_fp16_cannot_store_are_refused_with_their_rows(tmp_path):
+    from src.encode.embedding_cache import ShardedEmbeddings
+    texts = ["1", "nan", "2", "1e6"]  # NaN, and a value beyond fp16's 65504
+    with pytest.raises(ValueError, match=r"passage rows \[1, 3\] \(2 in all\) encode to NaN or overflow fp16"):
+        ShardedEmbeddings(tmp_path, 4, shard_size=4).build(_CountingEncoder(), texts, "passage", progress=False)
+    assert not list(tmp_path.glob("*.npy"))
+
+
+def test_a_shard_written_meanwhile_by_another_job_is_not_encoded_again(tmp_path):
+    from src.encode.embedding_cache import ShardedEmbeddings
+
+    class Sharing(_CountingEncoder):  # another job sharing the cache writes shard 1 while this one encodes shard 0
+        calls = []
+
+        def encode(self, texts, kind, batch_size, progress=True):
+            self.calls.append(texts)
+            if len(self.calls) == 1:
+                ShardedEmbeddings(tmp_path, 4, shard_size=2).build(_CountingEncoder(), ["0", "1", "2", "3"], kind,
+                                                                   rank=1, world_size=2, progress=False)
+            return super().encode(texts, kind, batch_size, progress)
+
+    store = ShardedEmbeddings(tmp_path, 4, shard_size=2)
+    store.build(Sharing(), ["0", "1", "2", "3"], "passage", progress=False)
+    assert Sharing.calls == [["0", "1"]]
+    np.testing.assert_array_equal(store.rows(np.arange(4))[:, 0], [0, 1, 2, 3])
+
+
+def test_search_returns_no_row_for_a_nan_query_in_any_shard():
+    from src.encode.search import exact_search
+    queries = np.array([[1, 0], [np.nan, np.nan]], np.float32)
+    for backend in ("faiss", "torch"):
+        scores, idx = exact_search(queries, [np.eye(2, dtype=np.float16)] * 2, 3, backend)
+        assert idx.tolist() == [[0, 2, 1], [-1, -1, -1]] and np.isneginf(scores[1]).all(), backend
+
+
 def test_teacher_cache_key_holds_the_resolved_precision_not_auto():
     """Machines sharing a cache that differ in bf16 support must not share shards."""
     import torch

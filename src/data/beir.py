@@ -147,8 +147,8 @@ def read_qrels(path: Path, qrels: Qrels | None = None) -> tuple[Qrels, int, int]
             try:
                 score = int(score_text)
             except ValueError:
-                if lineno == 1:
-                    continue  # header row
+                if lineno == 1 and not _is_number(score_text):
+                    continue  # header row (query-id, corpus-id, score); a row with a bad score is an error
                 raise DataFormatError(path, lineno, f"score '{score_text}' is not an integer") from None
             rows += 1
             judged = qrels.setdefault(qid, {})
@@ -157,6 +157,14 @@ def read_qrels(path: Path, qrels: Qrels | None = None) -> tuple[Qrels, int, int]
                 score = max(score, judged[pid])
             judged[pid] = score
     return qrels, rows, repeated
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_split(path: str | Path, split: str, strict: bool = False, use_title: bool = True) -> RetrievalData:

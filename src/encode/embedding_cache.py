@@ -41,11 +41,18 @@ class ShardedEmbeddings:
             log.info("%s: %d of %d shards already encoded", self.folder, self.n_shards - len(self.missing()),
                      self.n_shards)
         for shard in tqdm(todo, desc=f"{kind} shards", disable=not progress or len(todo) < 2):
+            if self.path(shard).is_file():  # written meanwhile by another job sharing the cache
+                continue
             start = shard * self.shard_size
             embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, progress=progress)
+            with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
+                stored = embeddings.astype(np.float16)
+            if bad := np.flatnonzero(~np.isfinite(stored).all(1)).tolist():  # a search would silently skip them
+                raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in all) "
+                                 f"encode to NaN or overflow fp16 storage; check the model's precision and pooling")
             with atomic_path(self.path(shard)) as tmp:
                 with open(tmp, "wb") as f:
-                    np.save(f, embeddings.astype(np.float16))
+                    np.save(f, stored)
 
     def shards(self) -> list[np.ndarray]:
         """All shards, memory-mapped (fp16)."""

@@ -107,7 +107,8 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray | Sequence[np.ndarray],
                 rows = slice(q_start, min(nq, q_start + query_rows))
                 scores, idx = searcher.topk(rows, block, min(k, n_rows))
                 merged_scores = np.concatenate([best_scores[rows], scores.astype(np.float32)], axis=1)
-                merged_idx = np.concatenate([best_indices[rows], idx.astype(np.int64) + offset + c_start], axis=1)
+                found = np.where(idx < 0, -1, idx.astype(np.int64) + offset + c_start)  # faiss: -1 for a NaN row
+                merged_idx = np.concatenate([best_indices[rows], found], axis=1)
                 best_scores[rows], best_indices[rows] = sort_rows(merged_scores, merged_idx, k)
         offset += len(shard)
     return best_scores, best_indices
