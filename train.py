@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Timer  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from src.data import dataset_dir, load_data  # noqa: E402
-from src.encode.encoder import load_encoder  # noqa: E402
+from src.encode.encoder import encode_precision, load_encoder  # noqa: E402
 from src.eval.retrieval import evaluate_encoder, format_table, write_results  # noqa: E402
 from src.mining import mined_candidates, teacher_free_candidates  # noqa: E402
 from src.mining.methods import MiningMethod  # noqa: E402
@@ -40,7 +40,17 @@ def model_card(cfg: DictConfig, method: MiningMethod, metrics: dict | None) -> s
              f"- base model: `{cfg.model.name_or_path}`", f"- teacher: {teacher}",
              f"- mining: `{OmegaConf.to_container(cfg.mining)}`", f"- data: `{cfg.data.path}` ({cfg.data.train_split})"]
     if metrics:
-        lines.append(f"- {cfg.data.split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        lines.append(f"- {cfg.data.split} (encoded in {encode_precision(cfg.encode)}): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    # sentence-transformers has one max length and never appends an EOS: say where it encodes otherwise
+    query, passage = cfg.model.query_max_length, cfg.model.passage_max_length
+    differs = [f"queries cut at {query} tokens (sentence-transformers cuts every text at {passage})"
+               if query != passage else None,
+               "an EOS appended to every text (sentence-transformers appends none)"
+               if cfg.model.get("append_eos") else None]
+    if differs := [d for d in differs if d]:
+        lines += ["", "Loaded in sentence-transformers, this model does not encode as it was trained, with "
+                  + " and ".join(differs) + ". This project's `load_encoder` reads `encoder_spec.json` and does."]
     return "\n".join(lines) + "\n"
 
 
@@ -63,9 +73,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
                                      _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
+    precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks"), "callback"),
-                                                 logger=loggers or False,
-                                                 precision=training_precision(cfg.trainer.precision))
+                                                 logger=loggers or False, precision=precision)
     log_config(trainer.loggers, cfg)
     if cfg.validate_before_training and cfg.data.get("val_split") and not cfg.trainer.get("fast_dev_run"):
         trainer.validate(module, datamodule=datamodule)
@@ -88,7 +98,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test_after_training and not qrels.is_file():
         log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)", qrels)
     elif cfg.test_after_training:
-        # Evaluate the exported folder exactly as evaluate.py would (model=folder).
+        # Evaluate the exported folder as evaluate.py model=folder does, but at this run's encode.precision (auto:
+        # bf16 where native, for speed); evaluate.py defaults to fp32, as published scores are, and may differ in
+        # the fourth digit. summary.json records which.
         folder_cfg = OmegaConf.merge(OmegaConf.load(Path(cfg.paths.root_dir) / "conf/model/folder.yaml"),
                                      {"name_or_path": str(model_dir)})
         test = load_data(cfg.data, cfg.data.split)
@@ -98,7 +110,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = result.metrics
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in metrics.items()})
-        print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}"))
+        print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}, "
+                                    f"encoded in {encode_precision(cfg.encode)}"))
     (model_dir / "README.md").write_text(model_card(cfg, method, metrics))
     write_json_atomic(out_dir / "summary.json", {
         "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
@@ -106,7 +119,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "train_seconds": round(timer.time_elapsed("train"), 1) if timer else None,
         "mining_seconds": {name: c.manifest["seconds"] for name, c in datamodule.candidates.items()
                            if "seconds" in c.manifest},
-        "train_pairs": len(datamodule.train_set), "metrics": metrics})
+        "train_pairs": len(datamodule.train_set), "metrics": metrics,
+        "metrics_precision": encode_precision(cfg.encode) if metrics else None})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
     return metrics or {}

@@ -71,3 +71,18 @@ def test_teacher_cache_key_holds_the_resolved_precision_not_auto():
     native = resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert key("auto") == ("bf16" if native else "fp32")
     assert key("fp16") == "fp16"
+
+
+def test_auto_precision_counts_only_native_bf16_on_the_hardware_that_runs(monkeypatch):
+    """Pre-Ampere GPUs only emulate bf16 (slower than fp32); a CPU trainer on a GPU machine asks the CPU."""
+    import torch
+
+    from src.encode import encoder
+    from src.training.module import training_precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(encoder, "cpu_has_native_bf16", lambda: False)
+    assert encoder.resolve_dtype("auto", torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # native
+    assert training_precision("auto", "gpu") == "bf16-mixed"
+    assert training_precision("auto", "cpu") == "32-true"

@@ -10,6 +10,7 @@ import torch
 from helpers import compose_cfg, run_script, tiny_overrides
 from src.data import load_data
 from src.data.candidates import load_candidates, read_manifest
+from src.encode.encoder import encode_precision
 from src.mining import teacher_free_candidates
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
@@ -86,6 +87,7 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
     assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
+    assert summary["metrics_precision"] == encode_precision(cfg.encode)  # auto, resolved: said, not assumed
 
 
 @pytest.mark.parametrize("method", ["none", "random"])
@@ -130,6 +132,8 @@ def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir
                                st.encode(texts, prompt_name="document"), atol=1e-5)
     np.testing.assert_allclose(ours.encode(texts[:1], "query", progress=False),
                                st.encode(texts[:1], prompt_name="query"), atol=1e-5)
+    # a query longer than 32 tokens is where the two part: the model card says so
+    assert "queries cut at 32 tokens (sentence-transformers cuts every text at 64)" in (folder / "README.md").read_text()
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):

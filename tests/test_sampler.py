@@ -103,3 +103,15 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
         module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 32, "world_size": 1})
     module.load_state_dict({"epoch": 3, "batches_done": 0, "batch_size": 32, "world_size": 4})  # epoch boundary
     assert module.start == (3, 0)
+
+
+def test_every_process_gets_a_validation_batch_and_every_row_is_encoded():
+    """A process without a validation batch leaves the others waiting in the gather of the results."""
+    from src.training.data import TokenStore, encode_batches
+    stores = {"query": TokenStore([[1, 2]] * 3), "passage": TokenStore([[1, 2, 3]] * 5)}
+    budget = {"query": 100, "passage": 100}  # one batch of each kind
+    for world in (1, 2, 8, 9, 11):
+        shares = [encode_batches(stores, budget, rank, world) for rank in range(world)]
+        assert all(shares), world
+        assert {item for share in shares for batch in share for item in batch} == \
+            {("query", r) for r in range(3)} | {("passage", r) for r in range(5)}

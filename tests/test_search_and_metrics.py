@@ -96,3 +96,21 @@ def test_per_query_metrics_known_values():
     assert m["recall@100"] == pytest.approx(0.5)
     ideal = 1 + 1 / np.log2(3)
     assert m["ndcg@10"] == pytest.approx((1 / np.log2(3)) / ideal)
+
+
+def test_validation_scores_only_what_it_encoded_and_says_so():
+    """limit_val_batches / fast_dev_run encode part of dev: rows left at zero would tie with every passage."""
+    from types import SimpleNamespace
+
+    from src.training.module import BiEncoderModule
+    data = RetrievalData(["p0", "p1", "p2"], [""] * 3, ["q0", "q1"], [""] * 2,
+                         {"q0": {"p1": 1}, "q1": {"p2": 1}}, LoadReport("test"))
+    logged = {}
+    fake = SimpleNamespace(trainer=SimpleNamespace(datamodule=SimpleNamespace(val_data=data)),
+                           hparams=SimpleNamespace(val_k=10, search_backend="torch"),
+                           log=lambda name, value, **_: logged.__setitem__(name, value),
+                           _val_parts=[("query", np.array([0]), np.array([[1.0, 0.0]], np.float32)),
+                                       ("passage", np.array([0, 1]), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))])
+    with pytest.warns(UserWarning, match="encoded 1 of 2 queries and 2 of 3 passages"):
+        BiEncoderModule.on_validation_epoch_end(fake)
+    assert logged["val/mrr@10"] == 1.0 and logged["val/recall@100"] == 1.0  # q0 alone, among p0 and p1

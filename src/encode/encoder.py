@@ -47,11 +47,19 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """`auto` is bf16 where the hardware computes it natively (recent GPUs and CPUs), else fp32;
     fp32, bf16 and fp16 are taken as given. bf16 embeddings keep cosine >= 0.9999 with fp32 ones."""
     if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        # emulated bf16 (pre-Ampere GPUs) is slower than fp32 there: only native support counts
+        native = (torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda"
+                  else cpu_has_native_bf16())
         return torch.bfloat16 if native else torch.float32
     if precision not in DTYPES:
         raise ValueError(f"encode.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     return DTYPES[precision]
+
+
+def encode_precision(encode_cfg) -> str:
+    """The precision `encode_cfg` encodes in on this machine, by name (`auto` resolved)."""
+    dtype = resolve_dtype(encode_cfg.precision, resolve_device(encode_cfg.get("device", "auto")))
+    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor, mode: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 
 from src.data.beir import RetrievalData
 from src.encode.embedding_cache import ShardedEmbeddings
-from src.encode.encoder import DTYPES, DualEncoder, TextEncoder, load_encoder, resolve_device, resolve_dtype
+from src.encode.encoder import DualEncoder, TextEncoder, encode_precision, load_encoder
 from src.encode.search import exact_search
 from src.encode.spec import EncoderSpec, resolve_model_path, weights_stamp
 from src.utils.distributed import barrier
@@ -46,17 +46,9 @@ class DenseTeacher:
 
     def fingerprint(self) -> dict[str, Any]:
         stamp = weights_stamp(self.spec.name_or_path)  # a local folder's weights: retrained in place, mined again
-        return {"kind": "dense", **self.spec.as_dict(), "precision": self._precision(),
+        # `auto` resolved: machines sharing a cache that differ in bf16 support must not mix their shards
+        return {"kind": "dense", **self.spec.as_dict(), "precision": encode_precision(self.encode_cfg),
                 **({"weights": stamp} if stamp else {})}
-
-    def _precision(self) -> str:
-        """The precision this machine encodes in: `auto` resolved, so machines sharing a cache that differ in
-        bf16 support do not mix their shards."""
-        precision = self.encode_cfg.precision
-        if precision != "auto":
-            return precision
-        dtype = resolve_dtype(precision, resolve_device(self.encode_cfg.device))
-        return next(name for name, d in DTYPES.items() if d == dtype)
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: the spec plus where the weights came from."""

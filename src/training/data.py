@@ -148,6 +148,12 @@ def encode_batches(stores: dict[str, TokenStore], max_tokens: dict[str, int], ra
     """Length-sorted batches of one kind each, under a padded-token budget; this rank's share of them."""
     batches = [[(kind, row) for row in rows] for kind, store in stores.items()
                for rows in length_sorted_batches(store.lengths(), max_tokens[kind])]
+    # Every process needs a batch: one with none would leave the others waiting in the gather of the results.
+    while len(batches) < world_size and any(len(b) > 1 for b in batches):
+        largest = batches.pop(max(range(len(batches)), key=lambda i: len(batches[i])))
+        batches += [largest[: len(largest) // 2], largest[len(largest) // 2:]]
+    if batches:  # fewer rows than processes: a row encoded twice writes the same embedding twice
+        batches += [batches[-1][:1]] * (world_size - len(batches))
     return batches[rank::world_size]
 
 

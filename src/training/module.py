@@ -13,8 +13,10 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoModel
 
+from src.data.beir import RetrievalData
 from src.encode.encoder import TextEncoder, resolve_dtype
 from src.encode.spec import EncoderSpec, resolve_model_path
 from src.encode.tokenizer import PromptTokenizer
@@ -94,8 +96,15 @@ class BiEncoderModule(L.LightningModule):
         dim = parts[0][2].shape[1]
         matrices = {"query": np.zeros((len(data.queries), dim), np.float32),
                     "passage": np.zeros((len(data.passages), dim), np.float32)}
+        encoded = {kind: np.zeros(len(m), bool) for kind, m in matrices.items()}
         for kind, rows, embeddings in parts:
-            matrices[kind][rows] = embeddings
+            matrices[kind][rows], encoded[kind][rows] = embeddings, True
+        if not all(e.all() for e in encoded.values()):  # limit_val_batches, fast_dev_run: score what was encoded
+            rank_zero_warn(f"validation encoded {encoded['query'].sum()} of {len(data.queries)} queries and "
+                           f"{encoded['passage'].sum()} of {len(data.passages)} passages: val/ metrics score that "
+                           "part")
+            data = _part(data, encoded["query"], encoded["passage"])
+            matrices = {kind: m[encoded[kind]] for kind, m in matrices.items()}
         result = evaluate_embeddings(data, matrices["query"], matrices["passage"], self.hparams.val_k,
                                      self.hparams.search_backend)
         # Every process computed the same numbers from the same gathered embeddings: no sync needed.
@@ -138,6 +147,15 @@ class BiEncoderModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _part(data: RetrievalData, queries: np.ndarray, passages: np.ndarray) -> RetrievalData:
+    """The queries and passages where the masks are set, with their qrels."""
+    pick = lambda values, mask: [v for v, keep in zip(values, mask) if keep]  # noqa: E731
+    query_ids = pick(data.query_ids, queries)
+    return RetrievalData(pick(data.corpus_ids, passages), pick(data.passages, passages), query_ids,
+                         pick(data.queries, queries), {q: data.qrels[q] for q in query_ids if q in data.qrels},
+                         data.report)
+
+
 def _rng_states() -> dict:
     """Every random state a step draws from, as tensors and lists: checkpoints load with weights_only=True."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -146,9 +164,9 @@ def _rng_states() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
-def training_precision(setting: str) -> str:
-    """Lightning precision: `auto` is bf16-mixed where the hardware computes bf16 natively, else 32-true."""
+def training_precision(setting: str, accelerator: str = "auto") -> str:
+    """Lightning precision: `auto` is bf16-mixed where the trainer's hardware computes bf16 natively, else 32-true."""
     if setting != "auto":
         return setting
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
     return "bf16-mixed" if resolve_dtype("auto", device) == torch.bfloat16 else "32-true"
