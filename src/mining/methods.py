@@ -176,13 +176,21 @@ def _fill_from_tail(idx: np.ndarray, scores: np.ndarray, c: CandidateArrays, row
             filled.sum(axis=1))
 
 
+def sample_outside(n_passages: int, excluded: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `size` distinct passages outside `excluded` (-1 entries ignored), uniformly."""
+    excluded = np.unique(excluded[excluded >= 0])
+    want = min(size, n_passages - len(excluded))
+    if want <= 0:
+        return np.empty(0, dtype=np.int64)
+    draw = rng.choice(n_passages, size=min(n_passages, want + len(excluded)), replace=False)
+    return draw[~np.isin(draw, excluded)][:want]
+
+
 def _random_negatives(c: CandidateArrays, rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n distinct passages per query, none of them its positive; -1 pads where the corpus has too few."""
     idx = np.full((len(rows), n), -1, dtype=np.int64)
-    width = c.pos_idx.shape[1]
-    for r, positives in enumerate(c.pos_idx[rows]):  # draws n + positives distinct rows, then drops the positives
-        draw = rng.choice(c.n_passages, size=min(c.n_passages, n + width), replace=False)
-        draw = draw[~np.isin(draw, positives)][:n]
+    for r, positives in enumerate(c.pos_idx[rows]):
+        draw = sample_outside(c.n_passages, positives, n, rng)
         idx[r, : len(draw)] = draw
     return idx
 

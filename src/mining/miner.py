@@ -18,6 +18,7 @@ import numpy as np
 from src.data.beir import RetrievalData
 from src.data.candidates import CandidateArrays, read_manifest, write_candidates
 from src.encode.search import sort_rows
+from src.mining.methods import sample_outside
 from src.mining.teachers import Teacher
 from src.utils.distributed import barrier
 from src.utils.io import stable_hash, texts_fingerprint
@@ -58,21 +59,10 @@ def trainable_queries(data: RetrievalData) -> tuple[list[int], np.ndarray]:
     return rows, pos_idx
 
 
-def _first_kept(keep: np.ndarray, idx: np.ndarray, scores: np.ndarray, width: int):
+def _first_kept(keep: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+    """The first `width` entries of each row of `idx` where `keep` is set, in order; -1 pads."""
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    kept = np.take_along_axis(keep, order, 1)
-    return (np.where(kept, np.take_along_axis(idx, order, 1), -1),
-            np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32))
-
-
-def _sample_tail(n_passages: int, excluded: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to `size` distinct passages outside `excluded`, uniformly."""
-    excluded = np.unique(excluded[excluded >= 0])
-    want = min(size, n_passages - len(excluded))
-    if want <= 0:
-        return np.empty(0, dtype=np.int64)
-    draw = rng.choice(n_passages, size=min(n_passages, want + len(excluded)), replace=False)
-    return draw[~np.isin(draw, excluded)][:want]
+    return np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(idx, order, 1), -1)
 
 
 def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSettings) -> CandidateArrays:
@@ -81,18 +71,18 @@ def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSetti
     rows, pos_idx = trainable_queries(data)
     query_ids = [data.query_ids[i] for i in rows]
     search_depth = settings.depth + pos_idx.shape[1] + 1  # room for positives and a self-match to drop
-    top_scores, top_idx = teacher.top(search_depth)
+    _, top_idx = teacher.top(search_depth)  # which passages; their scores come from pair_scores below
     self_idx = np.array([data.passage_index.get(q, -2) for q in query_ids])[:, None]
     is_positive = (top_idx[:, :, None] == pos_idx[:, None, :]).any(-1)
     keep = (top_idx >= 0) & ~is_positive & (top_idx != self_idx)
-    neg_idx, _ = _first_kept(keep, top_idx, top_scores, settings.depth)
+    neg_idx = _first_kept(keep, top_idx, settings.depth)
 
     n = len(data.passages)
     tail_idx = np.full((len(rows), settings.tail), -1, dtype=np.int64)
     for r, qid in enumerate(query_ids):  # seeded by query id: independent of order and sharding
         rng = np.random.default_rng([settings.seed, zlib.crc32(qid.encode())])
         excluded = np.concatenate([top_idx[r], pos_idx[r], self_idx[r]])
-        sample = _sample_tail(n, excluded, settings.tail, rng)
+        sample = sample_outside(n, excluded, settings.tail, rng)
         tail_idx[r, : len(sample)] = sample
 
     # The search only says which passages: every stored score comes from one pair_scores call. A search sums in
