@@ -34,13 +34,13 @@ from src.utils.runtime import finish_loggers, instantiate_group, instantiate_log
 log = logging.getLogger(__name__)
 
 
-def model_card(cfg: DictConfig, method: MiningMethod, metrics: dict | None) -> str:
+def model_card(cfg: DictConfig, method: MiningMethod, metrics: dict | None, precision: str | None) -> str:
     teacher = f"`{cfg.teacher.name}`" if method.uses_teacher else "none (the method reads no teacher score)"
     lines = [f"# {cfg.model.name} fine-tuned with positive-aware hard negatives", "",
              f"- base model: `{cfg.model.name_or_path}`", f"- teacher: {teacher}",
              f"- mining: `{OmegaConf.to_container(cfg.mining)}`", f"- data: `{cfg.data.path}` ({cfg.data.train_split})"]
     if metrics:
-        lines.append(f"- {cfg.data.split} (encoded in {encode_precision(cfg.encode)}): "
+        lines.append(f"- {cfg.data.split} (encoded in {precision}): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     # sentence-transformers has one max length and never appends an EOS: say where it encodes otherwise
     query, passage = cfg.model.query_max_length, cfg.model.passage_max_length
@@ -93,14 +93,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Best checkpoint: %s", best)
     model_dir = export_model(module.encoder.cpu(), out_dir / "model",
                              module.passage_encoder.cpu() if module.passage_encoder is not None else None)
-    metrics = None
+    metrics = test_precision = None
     qrels = dataset_dir(cfg.data) / "qrels" / f"{cfg.data.split}.tsv"
     if cfg.test_after_training and not qrels.is_file():
         log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)", qrels)
     elif cfg.test_after_training:
         # Evaluate the exported folder as evaluate.py model=folder does, but at this run's encode.precision (auto:
-        # bf16 where native, for speed); evaluate.py defaults to fp32, as published scores are, and may differ in
-        # the fourth digit. summary.json records which.
+        # bf16 where native, for speed); evaluate.py defaults to fp32, as published scores are, and can differ in
+        # the last digits. summary.json records which.
+        test_precision = encode_precision(cfg.encode)
         folder_cfg = OmegaConf.merge(OmegaConf.load(Path(cfg.paths.root_dir) / "conf/model/folder.yaml"),
                                      {"name_or_path": str(model_dir)})
         test = load_data(cfg.data, cfg.data.split)
@@ -111,8 +112,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in metrics.items()})
         print(format_table(metrics, f"{cfg.model.name} fine-tuned, on {Path(cfg.data.path).name}/{cfg.data.split}, "
-                                    f"encoded in {encode_precision(cfg.encode)}"))
-    (model_dir / "README.md").write_text(model_card(cfg, method, metrics))
+                                    f"encoded in {test_precision}"))
+    (model_dir / "README.md").write_text(model_card(cfg, method, metrics, test_precision))
     write_json_atomic(out_dir / "summary.json", {
         "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
         "data": str(cfg.data.path), "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
@@ -120,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "mining_seconds": {name: c.manifest["seconds"] for name, c in datamodule.candidates.items()
                            if "seconds" in c.manifest},
         "train_pairs": len(datamodule.train_set), "metrics": metrics,
-        "metrics_precision": encode_precision(cfg.encode) if metrics else None})
+        "metrics_precision": test_precision})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
     return metrics or {}
