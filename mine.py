@@ -9,7 +9,7 @@ from pathlib import Path
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from src.data import dataset_dir, load_data  # noqa: E402
 from src.data.beir import read_false_negatives  # noqa: E402
@@ -26,7 +26,10 @@ from src.utils.runtime import finish_loggers, instantiate_loggers, log_config, l
 def method_configs(cfg: DictConfig, ensemble: bool) -> list[MiningMethod]:
     names = list(cfg.stats_methods) + (list(cfg.ensemble_methods) if ensemble else [])
     conf_dir = Path(cfg.paths.root_dir) / "conf" / "mining"
-    return [MiningMethod.from_config(OmegaConf.load(conf_dir / f"{name}.yaml")) for name in names]
+    configured = MiningMethod.configured(conf_dir)
+    if unknown := [name for name in names if name not in configured]:
+        raise ValueError(f"stats_methods/ensemble_methods name {unknown}, which {conf_dir} does not define")
+    return [configured[name] for name in names]
 
 
 @task_wrapper

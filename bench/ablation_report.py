@@ -42,8 +42,8 @@ BASELINE = "naive_topk"
 # Methods that read no teacher score (MiningMethod.uses_teacher): one run per (side, seed) stands for every
 # teacher. bench/scifact_ablation.sh trains them under the first teacher only; the report lends that run to the
 # others (and checks they agree).
-TEACHER_FREE = {p.stem for p in (ROOT / "conf" / "mining").glob("*.yaml")
-                if not MiningMethod.from_config(OmegaConf.load(p)).uses_teacher}
+TEACHER_FREE = {name for name, method in MiningMethod.configured(ROOT / "conf" / "mining").items()
+                if not method.uses_teacher}
 
 
 # --- records: one normalised JSON per run -------------------------------------------------------------------

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,7 +57,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     data = load_split(args.data, args.split)
-    methods = [MiningMethod.from_config(OmegaConf.load(p)) for p in sorted((ROOT / "conf" / "mining").glob("*.yaml"))]
+    methods = list(MiningMethod.configured(ROOT / "conf" / "mining").values())
     result = {"old": str(args.old), "new": str(args.new),
               **compare(*(load_candidates(f, data.passage_index) for f in (args.old, args.new)), methods, args.seed)}
     print(json.dumps(result, indent=2))

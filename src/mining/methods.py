@@ -38,9 +38,11 @@ teacher already gave.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from src.data.candidates import CandidateArrays
 
@@ -86,6 +88,11 @@ class MiningMethod:
     def from_config(cls, cfg: Any) -> MiningMethod:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+    @classmethod
+    def configured(cls, conf_dir: Path) -> dict[str, MiningMethod]:
+        """Every method a mining config folder (conf/mining) defines, by file name."""
+        return {p.stem: cls.from_config(OmegaConf.load(p)) for p in sorted(Path(conf_dir).glob("*.yaml"))}
 
 
 @dataclass
