@@ -234,3 +234,17 @@ def test_a_copy_of_the_positive_is_scored_like_it_and_removed_at_the_bound():
     for method in (MiningMethod("marginpos", 2, filter="marginpos", margin=0.0),
                    MiningMethod("percpos", 2, filter="percpos", perc=1.0)):
         assert 1 not in pick(method, c).idx
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+def test_the_passage_with_the_query_id_is_offered_only_when_asked(ignore):
+    from src.data.beir import LoadReport, RetrievalData
+    from src.mining.miner import MinerSettings, score_candidates
+    # Passage "q0" is the query itself in a corpus that holds its queries (ArguAna); elsewhere ids only collide.
+    ids = ["p0", "q0", "p2", "p3"]
+    data = RetrievalData(ids, [""] * 4, ["q0"], [""], {"q0": {"p0": 1}}, LoadReport("t"))
+    scores = np.array([[0.9, 0.8, 0.5, 0.25]])
+    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=3, tail=1,
+                                                                              ignore_identical_ids=ignore))
+    offered = set(c.neg_idx[0].tolist()) | set(c.tail_idx[0].tolist())
+    assert (1 in offered) != ignore and {2, 3} <= offered

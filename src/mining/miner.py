@@ -34,6 +34,9 @@ class MinerSettings:
     tail: int = 32  # random passages from below the top-K, with their scores: the fill source
     shard_size: int = 50_000  # passages per embedding shard: the unit of resuming and of sharing work
     seed: int = 0  # for the tail samples
+    # Never offer a query the passage with its own id: in a corpus that holds its queries (ArguAna, Quora) that
+    # passage is the query itself. As BEIR's evaluation does; turn off where the two id spaces only overlap.
+    ignore_identical_ids: bool = True
 
 
 def data_fingerprint(data: RetrievalData) -> str:
@@ -72,7 +75,8 @@ def score_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSetti
     query_ids = [data.query_ids[i] for i in rows]
     search_depth = settings.depth + pos_idx.shape[1] + 1  # room for positives and a self-match to drop
     _, top_idx = teacher.top(search_depth)  # which passages; their scores come from pair_scores below
-    self_idx = np.array([data.passage_index.get(q, -2) for q in query_ids])[:, None]
+    skip_own = settings.ignore_identical_ids
+    self_idx = np.array([data.passage_index.get(q, -2) if skip_own else -2 for q in query_ids])[:, None]
     is_positive = (top_idx[:, :, None] == pos_idx[:, None, :]).any(-1)
     keep = (top_idx >= 0) & ~is_positive & (top_idx != self_idx)
     neg_idx = _first_kept(keep, top_idx, settings.depth)
