@@ -248,3 +248,12 @@ def test_the_passage_with_the_query_id_is_offered_only_when_asked(ignore):
                                                                               ignore_identical_ids=ignore))
     offered = set(c.neg_idx[0].tolist()) | set(c.tail_idx[0].tolist())
     assert (1 in offered) != ignore and {2, 3} <= offered
+
+
+def test_cross_sample_keeps_each_querys_teacher_for_the_whole_run():
+    from src.training.data import ContrastiveDataset
+    a, b = two_teachers()
+    method = MiningMethod("cross", 2, ensemble="cross_sample")
+    for seed in range(20):  # the paper mines once: a query's teacher must not change with the epoch
+        dataset = ContrastiveDataset(np.zeros((1, 2), np.int64), [a, b], method, seed, None, None, None, [])
+        assert len({tuple(dataset.negatives(0, epoch)) for epoch in range(8)}) == 1

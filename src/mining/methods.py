@@ -30,7 +30,7 @@ are -1: the loss ignores them (the query keeps its positive and in-batch negativ
 query is ever dropped.
 
 Ensembles over several teachers (aligned by query): `cross_sample` applies the method with one teacher drawn
-per query; `intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers
+per query (training draws it once per run, as the paper mines once; only the negatives rotate by epoch); `intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers
 taking any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier
 teacher already gave.
 """
@@ -232,13 +232,14 @@ def _stack(parts: list[Negatives]) -> Negatives:
 
 
 def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: MiningMethod,
-                     rng: np.random.Generator) -> Negatives:
-    """Negatives for the queries at `rows`, from one teacher or an ensemble of teachers."""
+                     rng: np.random.Generator, teacher_rng: np.random.Generator | None = None) -> Negatives:
+    """Negatives for the queries at `rows`, from one teacher or an ensemble of teachers. `teacher_rng` draws
+    cross_sample's teacher per query (default: `rng`)."""
     rows = np.asarray(rows, dtype=np.int64)
     if method.ensemble is None or len(teachers) == 1:
         return select_single(teachers[0], rows, method, rng)
     if method.ensemble == "cross_sample":
-        choice = rng.integers(len(teachers), size=len(rows))
+        choice = (teacher_rng or rng).integers(len(teachers), size=len(rows))
         out = select_single(teachers[0], rows, method, rng)  # shapes; rows of other teachers overwritten
         for t in range(1, len(teachers)):
             mine = choice == t

@@ -101,7 +101,8 @@ class ContrastiveDataset(Dataset):
 
     def negatives(self, row: int, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch, row])
-        return select_negatives(self.teachers, np.array([row]), self.method, rng).idx[0]
+        teacher_rng = np.random.default_rng([self.seed, row])  # cross_sample: one teacher per query all run
+        return select_negatives(self.teachers, np.array([row]), self.method, rng, teacher_rng).idx[0]
 
     def __getitem__(self, key: tuple[int, int]) -> TrainingItem:
         index, epoch = key
