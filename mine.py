@@ -50,7 +50,7 @@ def mine(cfg: DictConfig) -> dict:
             [(cfg.teacher.name, list(candidates.values()))] if len(candidates) > 1 else []):
         methods = method_configs(cfg, ensemble=len(members) > 1)
         methods = [m for m in methods if (m.ensemble is not None) == (len(members) > 1)]
-        stats = [method_stats(members, m, seed=cfg.miner.seed) for m in methods]
+        stats = [method_stats(members, m, seed=cfg.miner.seed, names=list(candidates)) for m in methods]
         rows = [s.row() for s in stats]
         print(f"\nTeacher {label}: {len(members[0])} queries, {members[0].neg_idx.shape[1]} candidates each")
         if cfg.get("false_negative_probe", True):

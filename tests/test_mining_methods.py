@@ -175,9 +175,22 @@ def test_ensemble_margins_are_taken_within_each_teacher():
     a = candidates()  # cosine-like: positive 0.5, best candidate 0.625
     b = candidates(pos=((32.0,),), scores=([24.0, 16.0],))  # BM25-like: positive 32
     b.neg_idx[0, :2] = [50, 51]
-    stats = method_stats([a, b], MiningMethod("intra", 2, ensemble="intra_sample"))
+    stats = method_stats([a, b], MiningMethod("intra", 2, ensemble="intra_sample"), names=["dense", "bm25"])
     assert stats.margins.tolist() == [0.5 - 0.625, 32.0 - 24.0]
     assert sorted(stats.positive_scores.tolist()) == [0.5, 32.0]
+    # Their scales differ: each teacher's scores are shown apart, never averaged together.
+    dense, bm25 = stats.per_teacher()
+    assert (dense.name, dense.positive_scores.tolist(), dense.negative_scores.tolist()) == ("intra [dense]", [0.5], [0.625])
+    assert (bm25.positive_scores.tolist(), bm25.margins.tolist()) == ([32.0], [8.0])
+    assert stats.row()["pos mean"] == "0.500 / 32.000"
+
+
+def test_cross_sample_statistics_count_each_querys_positive_under_its_own_teacher_only():
+    from src.mining.stats import method_stats
+    a, b = two_teachers()
+    for seed in range(6):
+        stats = method_stats([a, b], MiningMethod("cross", 2, ensemble="cross_sample"), seed=seed)
+        assert len(stats.positive_scores) == len(a)  # one anchor per query, not one per teacher
 
 
 def pick_many(teachers, method):

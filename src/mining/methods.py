@@ -105,6 +105,7 @@ class Negatives:
     removed: np.ndarray  # [queries] stored candidates the filter removed
     candidates: np.ndarray  # [queries] stored candidates
     filled: np.ndarray  # [queries] negatives taken from the tail sample
+    source: np.ndarray  # [queries, num_negatives] which teacher of an ensemble each slot is from (0: the only one)
 
 
 def keep_mask(scores: np.ndarray, ranks: np.ndarray, pos_min: np.ndarray, method: MiningMethod) -> np.ndarray:
@@ -210,7 +211,7 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     if method.select == "random":
         idx = _random_negatives(c, rows, n, rng)
         zeros, nan = np.zeros(len(rows), dtype=np.int64), np.full(idx.shape, np.nan, np.float32)
-        return Negatives(idx, nan, nan, zeros, present.sum(1), zeros)
+        return Negatives(idx, nan, nan, zeros, present.sum(1), zeros, np.zeros(idx.shape, np.int64))
     scores, pos_min = c.neg_scores[rows], c.pos_min[rows]
     ranks = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     passes = keep_mask(scores, ranks, pos_min, method)
@@ -221,14 +222,15 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     chosen_scores = _gather(scores, positions, valid, np.nan).astype(np.float32)
     idx, chosen_scores, filled = _fill_from_tail(idx, chosen_scores, c, rows, method, pos_min, exclude)
     anchors = np.broadcast_to(pos_min[:, None], idx.shape).astype(np.float32)  # margins stay within a teacher
-    return Negatives(idx, chosen_scores, anchors, (present & ~passes).sum(1), present.sum(1), filled)
+    return Negatives(idx, chosen_scores, anchors, (present & ~passes).sum(1), present.sum(1), filled,
+                     np.zeros(idx.shape, np.int64))
 
 
 def _stack(parts: list[Negatives]) -> Negatives:
     cat = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
     total = lambda name: sum(getattr(p, name) for p in parts)  # noqa: E731
     return Negatives(cat("idx", 1), cat("scores", 1), cat("anchors", 1), total("removed"), total("candidates"),
-                     total("filled"))
+                     total("filled"), cat("source", 1))
 
 
 def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: MiningMethod,
@@ -245,7 +247,8 @@ def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: 
             mine = choice == t
             if mine.any():
                 part = select_single(teachers[t], rows[mine], method, rng)
-                for name in ("idx", "scores", "anchors", "removed", "candidates", "filled"):
+                part.source[:] = t
+                for name in ("idx", "scores", "anchors", "removed", "candidates", "filled", "source"):
                     getattr(out, name)[mine] = getattr(part, name)
         return out
     # num_negatives split as evenly as it goes, the first teachers taking the remainder: exactly as many as asked
@@ -254,4 +257,5 @@ def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: 
     for t, teacher in enumerate(teachers[:method.num_negatives]):
         taken = _stack(parts).idx if parts and method.ensemble == "intra_sample_dedup" else None
         parts.append(select_single(teacher, rows, method, rng, share + (t < extra), exclude=taken))
+        parts[-1].source[:] = t
     return _stack(parts)

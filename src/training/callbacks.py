@@ -23,7 +23,8 @@ class MiningStatsCallback(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        stats = method_stats(list(datamodule.candidates.values()), datamodule.method, seed=datamodule.seed)
+        stats = method_stats(list(datamodule.candidates.values()), datamodule.method, seed=datamodule.seed,
+                             names=list(datamodule.candidates))
         print(format_table([stats.row()]))
         metrics = {"mining/removed_share": stats.removed_share, "mining/negatives_per_query": stats.negatives_per_query,
                    "mining/queries_filled": stats.queries_filled, "mining/queries_short": stats.queries_short,
