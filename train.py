@@ -54,6 +54,15 @@ def model_card(cfg: DictConfig, method: MiningMethod, metrics: dict | None, prec
     return "\n".join(lines) + "\n"
 
 
+def checkpoint_where_resumed(cfg: DictConfig) -> None:
+    """A resumed run checkpoints on in its checkpoint's folder: Lightning restores the best score so far only for
+    the same folder, and elsewhere would take the first epoch after the resume as the best, whatever it scored."""
+    with open_dict(cfg):
+        for callback in (cfg.get("callbacks") or {}).values():
+            if str(callback.get("_target_", "")).endswith(".ModelCheckpoint"):
+                callback.dirpath = str(Path(cfg.ckpt_path).resolve().parent)
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
@@ -72,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # _convert_="all": plain dicts in the checkpoint, which then loads with torch.load(weights_only=True)
     module = hydra.utils.instantiate(cfg.module, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
                                      _convert_="all")
+    if cfg.ckpt_path and Path(cfg.ckpt_path).is_file():
+        checkpoint_where_resumed(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     precision = training_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks"), "callback"),

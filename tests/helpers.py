@@ -77,3 +77,18 @@ class CrashAtBatch:
                     raise RuntimeError("simulated crash")
 
         return _Crash()
+
+
+class WorseAtEpoch:
+    """A callback that makes one epoch validate worse than any other (val/ndcg@10 = -1), as a real run may."""
+
+    def __new__(cls, epoch: int = 1):
+        import lightning as L
+        import torch
+
+        class _Worse(L.Callback):
+            def on_validation_end(self, trainer, module):  # before ModelCheckpoint, which Lightning runs last
+                if trainer.state.fn == "fit" and trainer.current_epoch == epoch:
+                    trainer.callback_metrics["val/ndcg@10"] = torch.tensor(-1.0)
+
+        return _Worse()

@@ -149,7 +149,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
                           tmp_path / "resumed")
     train.train(resumed)
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, msg=name)
     losses = [_last_loss(tmp_path / run) for run in ("straight", "resumed")]
@@ -175,9 +175,28 @@ def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path, insi
     train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                             tmp_path / "resumed"))
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, msg=name)
+
+
+def test_resumed_run_keeps_the_best_epoch_from_before_the_interruption(tiny, tmp_path):
+    """Epoch 0 validates best; the run stops after it and resumes in a new run dir: epoch 1 must not become the
+    best (and exported) model only because the best score so far was forgotten."""
+    import train
+    from safetensors.torch import load_file
+    common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=2", "validate_before_training=false",
+                     "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                     "+callbacks.worse._target_=helpers.WorseAtEpoch", "+callbacks.worse.epoch=1"]
+    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    stopped = common + ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    train.train(compose_cfg("train", stopped, tmp_path / "first"))
+    train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+                            tmp_path / "resumed"))
+    assert [p.name[:7] for p in (tmp_path / "first" / "checkpoints").glob("epoch*")] == ["epoch00"]
+    exported = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "resumed")]
+    for name, value in exported[0].items():
+        torch.testing.assert_close(exported[1][name], value, msg=name)
 
 
 def _last_loss(run):

@@ -40,6 +40,25 @@ def test_ddp_jobs_inside_a_multirun_keep_their_run_dirs(tiny_bert_dir, tmp_path)
     assert not (tmp_path / "logs").exists()  # no stray run dirs from re-launched children
 
 
+def test_ddp_run_resumed_matches_an_unbroken_one_on_every_process(tiny_bert_dir, tmp_path):
+    """Two processes, dropout on: stopped after epoch 0 and resumed, the weights end where an unbroken run's do
+    (each process must draw its own dropout masks again, not rank 0's)."""
+    import torch
+    common = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
+              "+trainer.limit_train_batches=2", "trainer.precision=32-true", "data.val_split=null",
+              "validate_before_training=false", "test_after_training=false", "mining=naive_topk",
+              "datamodule.batch_size=8", *tiny_overrides(tiny_bert_dir, tmp_path)]
+    run_script("train.py", common + [f"hydra.run.dir={tmp_path / 'straight'}"], timeout=900)
+    run_script("train.py", common + [f"hydra.run.dir={tmp_path / 'first'}", "+callbacks.stop._target_=helpers.StopAfterEpoch",
+                                     "+callbacks.stop.epoch=0"], timeout=900, env={"PYTHONPATH": str(ROOT / "tests")})
+    run_script("train.py", common + [f"hydra.run.dir={tmp_path / 'resumed'}",
+                                     f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"], timeout=900)
+    straight, again = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+                       for run in ("straight", "first"))
+    for name, value in straight.items():
+        torch.testing.assert_close(again[name], value, msg=name)
+
+
 def test_two_process_mining_equals_one_process(tiny_bert_dir, tmp_path):
     args = ["miner.shard_size=40", "miner.depth=30", *tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))]
     run_script("mine.py", args + [f"hydra.run.dir={tmp_path / 'single'}"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +41,7 @@ class BiEncoderModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
                  in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
                  val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
-                 config_overrides: dict[str, Any] | None = None):
+                 config_overrides: dict[str, Any] | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         spec = EncoderSpec.from_config(model_cfg)
@@ -124,27 +123,20 @@ class BiEncoderModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # Random states travel with checkpoints: a resumed run draws the same dropout masks as an unbroken one. A
-    # crash inside a step (out of memory in backward, say) is saved after its forward drew masks; resuming
-    # redoes that step, so the states from before it are the ones to keep (a 70 µs copy: docs/benchmarks.md).
+    # Dropout draws from torch's generator seeded anew before every batch by (seed, process, batches completed): a
+    # resumed run, on every process, draws the masks an unbroken one drew, with no random state to save or restore
+    # (a checkpoint holds only rank 0's, and a crash inside a step would have saved the states after its forward).
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self._before_step = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready, _rng_states()
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed  # not .ready: a resume may skip one
+        seed = step_seed(self.hparams.seed, self.global_rank, done)
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which seeds every backend: 100x slower
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # this process's GPU
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.total
-        step, states = getattr(self, "_before_step", (None, None))
-        inside_step = step == progress.ready and progress.ready > progress.processed
-        checkpoint["rng_states"] = states if inside_step else _rng_states()
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
-        if states:
-            torch.set_rng_state(states["torch"])
-            name, keys, pos, has_gauss, gauss = states["numpy"]
-            np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-            random.setstate(states["python"])
-            if states["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+def step_seed(seed: int, rank: int, batches: int) -> int:
+    """A well-mixed 64-bit seed for one batch of one process (nearby integers would seed correlated streams)."""
+    return int(np.random.SeedSequence([seed, rank, batches]).generate_state(1, np.uint64)[0])
 
 
 def _part(data: RetrievalData, queries: np.ndarray, passages: np.ndarray) -> RetrievalData:
@@ -154,14 +146,6 @@ def _part(data: RetrievalData, queries: np.ndarray, passages: np.ndarray) -> Ret
     return RetrievalData(pick(data.corpus_ids, passages), pick(data.passages, passages), query_ids,
                          pick(data.queries, queries), {q: data.qrels[q] for q in query_ids if q in data.qrels},
                          data.report)
-
-
-def _rng_states() -> dict:
-    """Every random state a step draws from, as tensors and lists: checkpoints load with weights_only=True."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def training_precision(setting: str, accelerator: str = "auto") -> str:
