@@ -38,3 +38,11 @@ def test_teacher_configs_build_teachers(teacher, tmp_path):
                       else [f"teacher={teacher}"])
     teachers = build_teachers(cfg.teacher, cfg.encode, tmp_path, 1000)
     assert len(teachers) == (2 if teacher == "small_ensemble" else 4 if teacher == "paper_ensemble" else 1)
+
+
+def test_evaluate_encodes_in_fp32_unless_told_otherwise():
+    """Published scores are fp32: evaluate.yaml's own setting must win over encode/default's `auto`."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        assert compose("evaluate").encode.precision == "fp32"
+        assert compose("evaluate", overrides=["encode.precision=auto"]).encode.precision == "auto"
+        assert compose("train").encode.precision == "auto"
