@@ -349,6 +349,34 @@ def test_folder_config_reads_what_the_installed_sentence_transformers_saves(tiny
     np.testing.assert_allclose(encode(TextEncoder.load(spec), texts, "passage"), theirs, atol=1e-5, rtol=0)
 
 
+def _saved_by_sentence_transformers(tiny_bert_dir, folder, *extra, similarity=None, include_prompt=True):
+    from sentence_transformers import SentenceTransformer, models
+    transformer = models.Transformer(str(tiny_bert_dir))
+    pooling = models.Pooling(transformer.auto_model.config.hidden_size, "mean", include_prompt=include_prompt)
+    st = SentenceTransformer(modules=[transformer, pooling, *extra], device="cpu", similarity_fn_name=similarity,
+                             prompts={"query": "query: "})
+    st.save(str(folder))
+    return EncoderSpec.from_config(model_config("folder", name_or_path=str(folder)))
+
+
+@pytest.mark.parametrize("similarity, normalize", [(None, True), ("cosine", True), ("dot", False)])
+def test_a_folder_without_normalize_ranks_by_its_own_similarity(tiny_bert_dir, tmp_path, similarity, normalize):
+    """sentence-transformers scores a folder by its similarity_fn_name (cosine unless named): normalising is how
+    a dot-product search ranks by cosine."""
+    spec = _saved_by_sentence_transformers(tiny_bert_dir, tmp_path / "saved", similarity=similarity)
+    assert spec.normalize is normalize
+
+
+def test_a_folder_whose_pooling_leaves_out_the_prompt_masks_it(tiny_bert_dir, tmp_path):
+    assert _saved_by_sentence_transformers(tiny_bert_dir, tmp_path / "saved", include_prompt=False).mask_prefix
+
+
+def test_a_folder_with_a_module_we_do_not_reproduce_is_refused(tiny_bert_dir, tmp_path):
+    from sentence_transformers import models
+    with pytest.raises(ValueError, match=r"modules.json: .*Dense is not reproduced"):
+        _saved_by_sentence_transformers(tiny_bert_dir, tmp_path / "saved", models.Dense(32, 8))
+
+
 @pytest.mark.parametrize("files, expected", [
     ({"sentence_bert_config.json": {"max_seq_length": 256}, "tokenizer_config.json": {"model_max_length": 512}}, 256),
     ({"sentence_bert_config.json": {"max_seq_length": 256, "processor_kwargs": {"model_max_length": 64}}}, 64),

@@ -114,3 +114,14 @@ def test_validation_scores_only_what_it_encoded_and_says_so():
     with pytest.warns(UserWarning, match="encoded 1 of 2 queries and 2 of 3 passages"):
         BiEncoderModule.on_validation_epoch_end(fake)
     assert logged["val/mrr@10"] == 1.0 and logged["val/recall@100"] == 1.0  # q0 alone, among p0 and p1
+
+
+@pytest.mark.parametrize("kind, bad_id", [("query", "q1"), ("passage", "d1")])
+def test_evaluation_refuses_nan_embeddings_by_id(kind, bad_id):
+    """faiss never returns a NaN passage and gives a NaN query nothing: scored anyway, both would pass as 0."""
+    data = RetrievalData(["d0", "d1", "d2"], ["a", "b", "c"], ["q0", "q1"], ["x", "y"],
+                         {"q0": {"d0": 1}, "q1": {"d1": 1}}, LoadReport("t"))
+    queries, passages = random_unit(np.random.default_rng(4), 2), random_unit(np.random.default_rng(5), 3)
+    (queries if kind == "query" else passages)[1, 3] = np.nan
+    with pytest.raises(ValueError, match=rf"1 {kind} embeddings are NaN or infinite \(ids \['{bad_id}'\]\)"):
+        evaluate_embeddings(data, queries, passages, k=2)

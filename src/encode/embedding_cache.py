@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from src.encode.encoder import TextEncoder
+from src.encode.search import non_finite_rows
 from src.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ShardedEmbeddings:
             embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, progress=progress)
             with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
                 stored = embeddings.astype(np.float16)
-            if bad := np.flatnonzero(~np.isfinite(stored).all(1)).tolist():  # a search would silently skip them
+            if bad := non_finite_rows(stored):
                 raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in all) "
                                  f"encode to NaN or overflow fp16 storage; check the model's precision and pooling")
             with atomic_path(self.path(shard)) as tmp:

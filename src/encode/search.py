@@ -19,6 +19,13 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every fal
 BACKENDS = ("auto", "faiss", "torch")
 
 
+def non_finite_rows(embeddings: np.ndarray, chunk: int = 65_536) -> list[int]:
+    """Rows holding a NaN or infinity: a search never returns such a passage (faiss gives -1) and gives such a
+    query nothing, so callers refuse them by name instead. Checked in chunks: no full-size mask."""
+    return [start + i for start in range(0, len(embeddings), chunk)
+            for i in np.flatnonzero(~np.isfinite(embeddings[start:start + chunk]).all(1)).tolist()]
+
+
 def faiss_available() -> bool:
     try:
         import faiss  # noqa: F401

@@ -138,12 +138,30 @@ def transformer_max_length(folder: Path) -> int | None:
     return min(limits) if limits else None
 
 
+ST_MODULES = ("Transformer", "Pooling", "Normalize")  # what this encoder reproduces of a sentence-transformers folder
+
+
+def normalizes(modules: list[dict], similarity: str | None, path: Path) -> bool:
+    """Whether to normalise, so that ranking by dot product ranks as sentence-transformers' similarity does: a
+    Normalize module, or cosine, its default when the folder names none; plain dot product keeps raw vectors."""
+    if any(m["type"].endswith("Normalize") for m in modules) or similarity in (None, "cosine"):
+        return True
+    if similarity == "dot":
+        return False
+    raise ValueError(f"{path / 'config_sentence_transformers.json'}: similarity_fn_name {similarity!r} is not "
+                     "reproduced here (cosine or dot)")
+
+
 def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
     """Pooling, normalisation, prompts and max length from a sentence-transformers folder ({} otherwise)."""
     if path is None or not (path / "modules.json").is_file():
         return {}
     modules = json.loads((path / "modules.json").read_text())
-    found: dict[str, Any] = {"normalize": any(m["type"].endswith("Normalize") for m in modules)}
+    if unknown := [m["type"] for m in modules if not m["type"].endswith(ST_MODULES)]:
+        raise ValueError(f"{path / 'modules.json'}: {', '.join(unknown)} is not reproduced here (only "
+                         f"{', '.join(ST_MODULES)}): without it, embeddings would differ from sentence-transformers'")
+    st_config = _json(path / "config_sentence_transformers.json")
+    found: dict[str, Any] = {"normalize": normalizes(modules, st_config.get("similarity_fn_name"), path)}
     for module in modules:
         folder = path / module.get("path", "")
         if module["type"].endswith("Pooling") and (folder / "config.json").is_file():
@@ -153,13 +171,14 @@ def read_sentence_transformers_settings(path: Path | None) -> dict[str, Any]:
                 found["pooling"] = ST_POOLINGS[chosen[0]]
             else:
                 log.warning("%s: pooling %s is not one we reproduce; set model.pooling", folder, pooling)
+            if pooling.get("include_prompt") is False:  # the prompt's tokens are left out of the pooling
+                found["mask_prefix"] = True
         if module["type"].endswith("Transformer"):
             max_len = transformer_max_length(folder)
             if max_len:
                 found["query_max_length"] = found["passage_max_length"] = max_len
-    st_config = path / "config_sentence_transformers.json"
-    if st_config.is_file():
-        prompts = json.loads(st_config.read_text()).get("prompts") or {}
+    if st_config:
+        prompts = st_config.get("prompts") or {}
         if "query" in prompts:
             found["query_prefix"] = prompts["query"]
         for name in ("document", "passage", "corpus"):

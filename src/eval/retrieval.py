@@ -11,7 +11,7 @@ import numpy as np
 
 from src.data.beir import RetrievalData
 from src.encode.encoder import DualEncoder, TextEncoder
-from src.encode.search import exact_search
+from src.encode.search import exact_search, non_finite_rows
 from src.eval.metrics import MEASURES, Run, mean_metrics, per_query_metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ def evaluate_encoder(encoder: TextEncoder | DualEncoder, data: RetrievalData, k:
 
 def evaluate_embeddings(data: RetrievalData, queries: np.ndarray, passages: np.ndarray, k: int = 100,
                         backend: str = "auto", ignore_identical_ids: bool = True) -> EvalResult:
+    for kind, matrix, ids in (("query", queries, data.query_ids), ("passage", passages, data.corpus_ids)):
+        if bad := non_finite_rows(matrix):
+            raise ValueError(f"{len(bad)} {kind} embeddings are NaN or infinite (ids {[ids[i] for i in bad[:5]]}"
+                             f"{' ...' if len(bad) > 5 else ''}): check the model's precision and pooling")
     depth = k + 1 if ignore_identical_ids else k  # room for a skipped self-match
     scores, indices = exact_search(queries, passages, depth, backend)
     run = build_run(data, scores[:, :depth], indices[:, :depth], ignore_identical_ids)

@@ -47,7 +47,8 @@ def export_model(encoder: TextEncoder, folder: Path, passage_encoder: TextEncode
     prompts = {name: prefix for name, prefix in (("query", spec.query_prefix), ("document", spec.passage_prefix))
                if prefix}
     _write(folder / "config_sentence_transformers.json",
-           {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+           {"prompts": prompts, "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if spec.normalize else "dot"})
     extra = {"query_max_length": spec.query_max_length, "passage_max_length": spec.passage_max_length,
              "append_eos": spec.append_eos, "mask_prefix": spec.mask_prefix}
     if passage_encoder is not None:
