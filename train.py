@@ -20,13 +20,14 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Timer  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from src.data import dataset_dir, load_data  # noqa: E402
+from src.data import dataset_dir, load_data, qrels_files  # noqa: E402
 from src.encode.encoder import encode_precision, load_encoder  # noqa: E402
+from src.encode.spec import EncoderSpec  # noqa: E402
 from src.eval.retrieval import evaluate_encoder, format_table, write_results  # noqa: E402
 from src.mining import mined_candidates, teacher_free_candidates  # noqa: E402
 from src.mining.methods import MiningMethod  # noqa: E402
 from src.training.ddp import end_job  # noqa: E402
-from src.training.export import export_model  # noqa: E402
+from src.training.export import check_exportable, export_model  # noqa: E402
 from src.training.module import training_precision  # noqa: E402
 from src.utils.io import write_json_atomic  # noqa: E402
 from src.utils.runtime import finish_loggers, instantiate_group, instantiate_loggers, log_config, task_wrapper  # noqa: E402
@@ -72,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if "model_checkpoint" in (cfg.get("callbacks") or {}):
                 cfg.callbacks.model_checkpoint.monitor = None
                 cfg.callbacks.model_checkpoint.filename = "epoch{epoch:02d}"
+    check_exportable(EncoderSpec.from_config(cfg.model))
     method = MiningMethod.from_config(cfg.mining)
     # A method that reads no teacher score (in-batch-only, random negatives) trains without mining.
     candidates_fn = functools.partial(mined_candidates, cfg) if method.uses_teacher else teacher_free_candidates
@@ -105,9 +107,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model_dir = export_model(module.encoder.cpu(), out_dir / "model",
                              module.passage_encoder.cpu() if module.passage_encoder is not None else None)
     metrics = test_precision = None
-    qrels = dataset_dir(cfg.data) / "qrels" / f"{cfg.data.split}.tsv"
-    if cfg.test_after_training and not qrels.is_file():
-        log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)", qrels)
+    unjudged = [str(p) for p in qrels_files(dataset_dir(cfg.data), cfg.data.split) if not p.is_file()]
+    if cfg.test_after_training and unjudged:
+        log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)",
+                    ", ".join(unjudged))
     elif cfg.test_after_training:
         # Evaluate the exported folder as evaluate.py model=folder does, but at this run's encode.precision (auto:
         # bf16 where native, for speed); evaluate.py defaults to fp32, as published scores are, and can differ in

@@ -76,8 +76,8 @@ def test_mine_counts_the_false_negatives_each_method_would_train_on(tiny_bert_di
 
 def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     import train
-    cfg = compose_cfg("train", tiny + ["debug=fdr", "module.config_overrides={attention_probs_dropout_prob: 0.0}"],
-                      tmp_path / "run")
+    cfg = compose_cfg("train", tiny + ["debug=fdr", "module.config_overrides={attention_probs_dropout_prob: 0.0}",
+                                       "data.split=dev+test"], tmp_path / "run")  # a joined split is scored too
     metrics = train.train(cfg)
     run = tmp_path / "run"
     assert sorted(json.loads((run / "metrics.json").read_text())) == sorted(METRICS)
@@ -88,6 +88,21 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
     assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
     assert summary["metrics_precision"] == encode_precision(cfg.encode)  # auto, resolved: said, not assumed
+
+
+def test_a_student_that_cannot_be_exported_is_refused_before_training(tiny_nv_embed_dir, tmp_path):
+    import train
+    cfg = compose_cfg("train", tiny_overrides(tiny_nv_embed_dir, tmp_path, groups=()) + [
+        "model=nv_embed", f"model.name_or_path={tiny_nv_embed_dir}"], tmp_path / "run")
+    with pytest.raises(ValueError, match="cannot be exported"):
+        train.train(cfg)
+    assert not (tmp_path / "cache").exists()  # refused before mining, let alone training
+
+
+def test_an_ensemble_method_needs_an_ensemble_teacher(tiny, tmp_path):
+    import train
+    with pytest.raises(ValueError, match="mining=cross_sample combines teachers, and minilm is one"):
+        train.train(compose_cfg("train", tiny + ["debug=fdr", "mining=cross_sample"], tmp_path / "run"))
 
 
 @pytest.mark.parametrize("method", ["none", "random"])
@@ -223,6 +238,17 @@ def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
     np.testing.assert_allclose(as_passage, SentenceTransformer(str(folder / "passage_encoder")).encode(texts),
                                atol=1e-5)
     np.testing.assert_allclose(as_query, SentenceTransformer(str(folder)).encode(texts), atol=1e-5)
+    # Trained on from that folder, each tower starts from its own weights; sharing one would lose the other.
+    from safetensors.torch import load_file
+
+    from src.training.module import BiEncoderModule
+    again = BiEncoderModule({"name_or_path": str(folder)}, torch.optim.AdamW, shared_weights=False)
+    for tower, saved in ((again.encoder, folder), (again.passage_encoder, folder / "passage_encoder")):
+        weights = tower.model.state_dict()
+        for name, value in load_file(saved / "model.safetensors").items():
+            torch.testing.assert_close(weights[name], value, msg=name)
+    with pytest.raises(ValueError, match="has its own passage tower"):
+        BiEncoderModule({"name_or_path": str(folder)}, torch.optim.AdamW, shared_weights=True)
 
 
 def test_a_teacher_retrained_in_place_is_mined_again(tiny_bert_dir, tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from src.data.beir import DataFormatError, RetrievalData, load_split
+from src.data.beir import DataFormatError, RetrievalData, load_split, qrels_files
 from src.data.download import fetch_beir_zip
 
-__all__ = ["DataFormatError", "RetrievalData", "dataset_dir", "load_data"]
+__all__ = ["DataFormatError", "RetrievalData", "dataset_dir", "load_data", "qrels_files"]
 
 
 def dataset_dir(data_cfg: Any) -> Path:

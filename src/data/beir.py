@@ -167,12 +167,17 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def qrels_files(root: Path, split: str) -> list[Path]:
+    """The judgement files of `split`, which may join several with '+'."""
+    return [Path(root) / "qrels" / f"{name}.tsv" for name in split.split("+")]
+
+
 def load_split(path: str | Path, split: str, strict: bool = False, use_title: bool = True) -> RetrievalData:
     """Load the corpus and the judged queries of `split` from a BEIR folder, reporting what does not fit.
 
     `split` may join several with '+' (`train+dev`: e.g. the final model trained on every labelled query)."""
     root = Path(path)
-    qrels_paths = [root / "qrels" / f"{name}.tsv" for name in split.split("+")]
+    qrels_paths = qrels_files(root, split)
     for required in (root / "corpus.jsonl", root / "queries.jsonl", *qrels_paths):
         if not required.is_file():
             raise FileNotFoundError(f"{required} not found (a BEIR folder holds corpus.jsonl, queries.jsonl, "

@@ -65,6 +65,9 @@ class RetrievalDataModule(L.LightningDataModule):
         if len(teachers) > 1 and self.method.ensemble is None:
             raise ValueError(f"teacher has {len(teachers)} members: choose an ensemble method "
                              "(mining=cross_sample, intra_sample or intra_sample_dedup)")
+        if len(teachers) == 1 and self.method.ensemble is not None:  # it would train as the plain method
+            raise ValueError(f"mining={self.method.name} combines teachers, and {next(iter(self.candidates))} is one: "
+                             "choose a teacher with members (teacher=small_ensemble, paper_ensemble)")
         self.train_set = self._training_set(train, teachers)
         log.info("Training on %d (query, positive) pairs of %d queries; negatives: %s", len(self.train_set),
                  len(teachers[0]), self.method)

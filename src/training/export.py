@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from src.encode.encoder import TextEncoder
+from src.encode.spec import EncoderSpec
 
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 
@@ -23,12 +24,18 @@ def _write(path: Path, obj: Any) -> None:
 PASSAGE_TOWER = "passage_encoder"
 
 
+def check_exportable(spec: EncoderSpec) -> None:
+    """Refuse a student whose pooling lives in its own code before training it, not after."""
+    if spec.pooling not in POOLING_KEYS:
+        raise ValueError(f"{spec.name_or_path}: pooling {spec.pooling!r} lives in the model's own code and cannot be "
+                         f"exported as a sentence-transformers folder; train a student pooled by {list(POOLING_KEYS)}")
+
+
 def export_model(encoder: TextEncoder, folder: Path, passage_encoder: TextEncoder | None = None) -> Path:
     """Write weights, tokenizer and sentence-transformers module files to `folder`. An untied passage tower
     goes to `folder/passage_encoder` (itself a sentence-transformers folder); `folder` is the query tower."""
     spec = encoder.spec
-    if spec.pooling not in POOLING_KEYS:
-        raise ValueError(f"pooling {spec.pooling!r} lives in the model's own code and cannot be exported")
+    check_exportable(spec)
     folder = Path(folder)
     encoder.model.save_pretrained(folder, safe_serialization=True)
     encoder.tokenizer.tokenizer.save_pretrained(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -45,17 +46,19 @@ class BiEncoderModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         spec = EncoderSpec.from_config(model_cfg)
-        model = AutoModel.from_pretrained(resolve_model_path(spec.name_or_path), revision=spec.revision,
-                                          trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
-                                          **(config_overrides or {}))
-        model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
-        if spec.pooling != "model" and getattr(model, "pooler", None) is not None:
-            model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if spec.passage_tower and shared_weights:
+            raise ValueError(f"{spec.name_or_path} has its own passage tower ({spec.passage_tower}/): train it with "
+                             "module.shared_weights=false, or one tower would be lost")
+        model = _trainable_tower(spec, resolve_model_path(spec.name_or_path), config_overrides, gradient_checkpointing,
+                                 spec.revision)
         tokenizer = PromptTokenizer.load(spec)
         self.encoder = TextEncoder(model, tokenizer)  # the query tower, and the passage tower when shared
-        self.passage_encoder = None if shared_weights else TextEncoder(copy.deepcopy(model), tokenizer)
+        self.passage_encoder = None
+        if not shared_weights:  # an exported two-tower folder's own passage tower, else a copy to untie
+            passage = (_trainable_tower(spec, str(Path(resolve_model_path(spec.name_or_path)) / spec.passage_tower),
+                                        config_overrides, gradient_checkpointing)
+                       if spec.passage_tower else copy.deepcopy(model))
+            self.passage_encoder = TextEncoder(passage, tokenizer)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._val_parts: list = []
 
@@ -132,6 +135,19 @@ class BiEncoderModule(L.LightningModule):
         torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which seeds every backend: 100x slower
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)  # this process's GPU
+
+
+def _trainable_tower(spec: EncoderSpec, path: str, config_overrides: dict[str, Any] | None,
+                     gradient_checkpointing: bool, revision: str | None = None) -> torch.nn.Module:
+    model = AutoModel.from_pretrained(path, revision=revision,
+                                      trust_remote_code=spec.trust_remote_code, dtype=torch.float32,
+                                      **(config_overrides or {}))
+    model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
+    if spec.pooling != "model" and getattr(model, "pooler", None) is not None:
+        model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def step_seed(seed: int, rank: int, batches: int) -> int:
