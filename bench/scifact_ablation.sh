@@ -13,7 +13,8 @@
 #
 # Finished runs are kept (a run is finished when its summary.json or JSON exists), so a killed script resumes.
 # Teacher-free methods (none, random) are trained once per seed, under the first teacher; the report lends them on.
-# Deleting logs/ablation_<setting>/round1 trains round one again and drops every result of its round2 teacher.
+# Deleting logs/ablation_<setting>/round1 trains round one again and drops every result of its round2 teacher,
+# the stored report records included.
 # SEEDS, TEACHERS and METHODS narrow the grid, e.g. SEEDS=1 TEACHERS=minilm; REPORT moves the report.
 set -euo pipefail
 
@@ -56,7 +57,7 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
 
   # 2. round one (only if the grid needs the round-two teacher); results of an earlier round one go with it
   if [[ ,$teachers, == *,round2,* ]] && [ ! -f "$round1_model/modules.json" ]; then
-    rm -rf "$logs/mine/round2" "$logs/ours/round2" "$logs"/st/round2-*.json
+    rm -rf "$logs/mine/round2" "$logs/ours/round2" "$logs"/st/round2-*.json "$report"/runs/*-round2-*.json
     python train.py "experiment=$round1" "${common[@]}" "${student[@]}" $(teacher_args minilm) "hydra.run.dir=$logs/round1"
   fi
 

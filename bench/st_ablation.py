@@ -6,8 +6,10 @@ MultipleNegativesRankingLoss, score the saved model with our evaluate code (the 
     python bench/st_ablation.py --out logs/st_ablation/cpu --max-length 128 --epochs 1 --attention-dropout 0 \
         --seeds 1          # the reduced CPU setting of experiment=scifact/ablation_cpu
 
-One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds.
-`none` mines nothing, so it runs once per seed, under the first teacher (the report lends it to the rest).
+One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds, ST recipe.
+`none` mines nothing, so it runs once per seed, under the first teacher (the report lends it to the rest). A
+sampling method mines once per seed, with Python's random (which ST samples from) seeded by it: each seed trains
+on its own draw, as ours does.
 Methods without a sentence-transformers equivalent (top1_sampled_topk) are skipped; BM25 is not a
 sentence-transformers teacher.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-precision", default="auto", help="as our encode.precision (auto: bf16 where native)")
     parser.add_argument("--attention-dropout", type=float, help="the student's, as module.config_overrides")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="ours (module.weight_decay); ST's own is 0")
+    parser.add_argument("--batch-sampler", default="batch_sampler", choices=["batch_sampler", "no_duplicates"],
+                        help="ST's default may put a query's positive among another row's passages, unmasked")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
@@ -88,16 +94,20 @@ def main() -> None:
                 seeds = seeds_to_run(args.out, name, method, args.seeds.split(","))
                 if not seeds:
                     continue
-                mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))
-                cold = cold if cold is not None or not mining_seconds else mining_seconds  # first one encodes
+                sampling = ST_METHODS[method].get("sampling_strategy") == "random"
                 for seed in seeds:
+                    if sampling or seed == seeds[0]:
+                        random.seed(int(seed))
+                        mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))
+                        cold = cold if cold is not None or not mining_seconds else mining_seconds  # first encodes
                     target = args.out / f"{name}-{method}-seed{seed}.json"
                     torch.manual_seed(int(seed))
                     student = SentenceTransformer(resolve_model_path(args.base), config_kwargs=config_kwargs)
                     student.max_seq_length = args.max_length
                     with tempfile.TemporaryDirectory() as tmp:
                         seconds = st_train(student, mined, Path(tmp) / "trainer", args.epochs, args.batch_size,
-                                           args.lr, bf16=bf16, seed=int(seed))
+                                           args.lr, bf16=bf16, seed=int(seed), weight_decay=args.weight_decay,
+                                           batch_sampler=args.batch_sampler)
                         student.save(str(Path(tmp) / "model"))
                         encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
                         if encoder.spec.passage_max_length != args.max_length:  # a misread folder once was
@@ -105,7 +115,8 @@ def main() -> None:
                         metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
-                           "mining_seconds_cold": cold, "train_seconds": seconds, "setting": setting}
+                           "mining_seconds_cold": cold, "train_seconds": seconds, "setting": setting,
+                           "st_recipe": {"weight_decay": args.weight_decay, "batch_sampler": args.batch_sampler}}
                     target.write_text(json.dumps(run, indent=2) + "\n")
                     print(json.dumps({k: run[k] for k in ("method", "teacher", "seed", "rows_kept")}),
                           f"ndcg@10 {metrics['ndcg@10']:.4f}")

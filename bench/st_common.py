@@ -58,15 +58,17 @@ def st_mine(dataset, model, corpus: list[str], method: str, num_negatives: int =
 
 def st_train(model, dataset, out_dir: Path, epochs: float = 3, batch_size: int = 32, lr: float = 2e-5,
              warmup_ratio: float = 0.1, bf16: bool = False, seed: int = 42, max_steps: int = -1,
-             callbacks: tuple = (), workers: int = 0) -> float:
-    """Train with MultipleNegativesRankingLoss (scale 20 = temperature 0.05); returns seconds."""
+             callbacks: tuple = (), workers: int = 0, weight_decay: float = 0.0,
+             batch_sampler: str = "batch_sampler") -> float:
+    """Train with MultipleNegativesRankingLoss (scale 20 = temperature 0.05); returns seconds. The defaults are
+    sentence-transformers' own (no weight decay, batches that may repeat a text: `no_duplicates` avoids that)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir), num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        learning_rate=lr, warmup_ratio=warmup_ratio, bf16=bf16, use_cpu=not torch.cuda.is_available(), seed=seed,
-        dataloader_num_workers=workers, logging_steps=10_000, save_strategy="no", report_to="none",
-        disable_tqdm=True)
+        learning_rate=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, batch_sampler=batch_sampler, bf16=bf16,
+        use_cpu=not torch.cuda.is_available(), seed=seed, dataloader_num_workers=workers, logging_steps=10_000,
+        save_strategy="no", report_to="none", disable_tqdm=True)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                          loss=MultipleNegativesRankingLoss(model), callbacks=list(callbacks))
     started = time.perf_counter()
