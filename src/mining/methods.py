@@ -30,9 +30,10 @@ are -1: the loss ignores them (the query keeps its positive and in-batch negativ
 query is ever dropped.
 
 Ensembles over several teachers (aligned by query): `cross_sample` applies the method with one teacher drawn
-per query (training draws it once per run, as the paper mines once; only the negatives rotate by epoch); `intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers
-taking any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier
-teacher already gave.
+per query (training draws it once per run, as the paper mines once; only the negatives rotate by epoch);
+`intra_sample` takes each teacher's best kept negatives (num_negatives split evenly, the first teachers taking
+any remainder; duplicates allowed); `intra_sample_dedup` does the same but skips passages an earlier teacher
+already gave.
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ class Negatives:
 
     idx: np.ndarray  # [queries, num_negatives] corpus rows, -1 = empty slot
     scores: np.ndarray  # [queries, num_negatives] teacher scores (nan for random or empty)
-    anchors: np.ndarray  # [queries, num_negatives] the positive score of the teacher that scored each negative
     removed: np.ndarray  # [queries] stored candidates the filter removed
     candidates: np.ndarray  # [queries] stored candidates
     filled: np.ndarray  # [queries] negatives taken from the tail sample
@@ -211,7 +211,7 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     if method.select == "random":
         idx = _random_negatives(c, rows, n, rng)
         zeros, nan = np.zeros(len(rows), dtype=np.int64), np.full(idx.shape, np.nan, np.float32)
-        return Negatives(idx, nan, nan, zeros, present.sum(1), zeros, np.zeros(idx.shape, np.int64))
+        return Negatives(idx, nan, zeros, present.sum(1), zeros, np.zeros(idx.shape, np.int64))
     scores, pos_min = c.neg_scores[rows], c.pos_min[rows]
     ranks = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
     passes = keep_mask(scores, ranks, pos_min, method)
@@ -221,16 +221,15 @@ def select_single(c: CandidateArrays, rows: np.ndarray, method: MiningMethod, rn
     idx = _gather(c.neg_idx[rows], positions, valid, -1)
     chosen_scores = _gather(scores, positions, valid, np.nan).astype(np.float32)
     idx, chosen_scores, filled = _fill_from_tail(idx, chosen_scores, c, rows, method, pos_min, exclude)
-    anchors = np.broadcast_to(pos_min[:, None], idx.shape).astype(np.float32)  # margins stay within a teacher
-    return Negatives(idx, chosen_scores, anchors, (present & ~passes).sum(1), present.sum(1), filled,
+    return Negatives(idx, chosen_scores, (present & ~passes).sum(1), present.sum(1), filled,
                      np.zeros(idx.shape, np.int64))
 
 
 def _stack(parts: list[Negatives]) -> Negatives:
     cat = lambda name, axis: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
     total = lambda name: sum(getattr(p, name) for p in parts)  # noqa: E731
-    return Negatives(cat("idx", 1), cat("scores", 1), cat("anchors", 1), total("removed"), total("candidates"),
-                     total("filled"), cat("source", 1))
+    return Negatives(cat("idx", 1), cat("scores", 1), total("removed"), total("candidates"), total("filled"),
+                     cat("source", 1))
 
 
 def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: MiningMethod,
@@ -248,7 +247,7 @@ def select_negatives(teachers: list[CandidateArrays], rows: np.ndarray, method: 
             if mine.any():
                 part = select_single(teachers[t], rows[mine], method, rng)
                 part.source[:] = t
-                for name in ("idx", "scores", "anchors", "removed", "candidates", "filled", "source"):
+                for name in ("idx", "scores", "removed", "candidates", "filled", "source"):
                     getattr(out, name)[mine] = getattr(part, name)
         return out
     # num_negatives split as evenly as it goes, the first teachers taking the remainder: exactly as many as asked

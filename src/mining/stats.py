@@ -64,6 +64,8 @@ def method_stats(teachers: list[CandidateArrays], method: MiningMethod, seed: in
     negatives: Negatives = select_negatives(teachers, rows, method, np.random.default_rng(seed))
     chosen = negatives.idx >= 0
     scored = chosen & np.isfinite(negatives.scores)
+    # each negative's margin is taken against the positive of the teacher that scored it: scales differ
+    anchors = np.stack([t.pos_min for t in teachers])[negatives.source, rows[:, None]]
     if method.ensemble is None or len(teachers) == 1:
         used, labels = [np.ones(len(rows), bool)], ("",)
     else:  # a query's positive counts under each teacher that had slots to fill for it (cross_sample: one)
@@ -76,7 +78,7 @@ def method_stats(teachers: list[CandidateArrays], method: MiningMethod, seed: in
         queries_filled=int((negatives.filled > 0).sum()),
         queries_short=int((chosen.sum(1) < method.num_negatives).sum()),
         positive_scores=np.concatenate([t.pos_min[u] for t, u in zip(teachers, used)]),
-        negative_scores=negatives.scores[scored], margins=(negatives.anchors - negatives.scores)[scored],
+        negative_scores=negatives.scores[scored], margins=(anchors - negatives.scores)[scored],
         positive_teacher=np.concatenate([np.full(u.sum(), t) for t, u in enumerate(used)]),
         negative_teacher=negatives.source[scored], teachers=labels)
 

@@ -49,14 +49,14 @@ class BiEncoderModule(L.LightningModule):
         if spec.passage_tower and shared_weights:
             raise ValueError(f"{spec.name_or_path} has its own passage tower ({spec.passage_tower}/): train it with "
                              "module.shared_weights=false, or one tower would be lost")
-        model = _trainable_tower(spec, resolve_model_path(spec.name_or_path), config_overrides, gradient_checkpointing,
-                                 spec.revision)
+        path = resolve_model_path(spec.name_or_path)
+        model = _trainable_tower(spec, path, config_overrides, gradient_checkpointing, spec.revision)
         tokenizer = PromptTokenizer.load(spec)
         self.encoder = TextEncoder(model, tokenizer)  # the query tower, and the passage tower when shared
         self.passage_encoder = None
         if not shared_weights:  # an exported two-tower folder's own passage tower, else a copy to untie
-            passage = (_trainable_tower(spec, str(Path(resolve_model_path(spec.name_or_path)) / spec.passage_tower),
-                                        config_overrides, gradient_checkpointing)
+            passage = (_trainable_tower(spec, str(Path(path) / spec.passage_tower), config_overrides,
+                                        gradient_checkpointing)
                        if spec.passage_tower else copy.deepcopy(model))
             self.passage_encoder = TextEncoder(passage, tokenizer)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
