@@ -100,6 +100,15 @@ def test_unknown_ids_are_reported_or_strict_errors(tmp_path, caplog):
         load_split(tmp_path, "test", strict=True)
 
 
+def test_queries_of_one_text_are_reported(tmp_path, caplog):
+    queries = QUERIES + [{"_id": "q3", "text": "query one"}]
+    write_beir(tmp_path, queries=queries, qrels="q1\td1\t1\nq2\td3\t2\nq3\td2\t1\n")
+    data = load_split(tmp_path, "test")
+    assert data.query_ids == ["q1", "q2", "q3"]  # evaluation scores each judged query, as BEIR does
+    assert data.report.shared_text == [["q1", "q3"]]
+    assert "2 judged queries share their text with another (e.g. [['q1', 'q3']])" in caplog.text
+
+
 def test_missing_split_names_available_ones(tmp_path):
     write_beir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"qrels/dev\.tsv not found .* splits here: \['test'\]"):

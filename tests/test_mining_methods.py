@@ -263,6 +263,19 @@ def test_the_passage_with_the_query_id_is_offered_only_when_asked(ignore):
     assert (1 in offered) != ignore and {2, 3} <= offered
 
 
+def test_queries_of_one_text_are_mined_as_one_with_all_their_positives():
+    from src.data.beir import LoadReport, RetrievalData
+    from src.mining.miner import MinerSettings, score_candidates
+    # SciFact's train split has this: claims 89 and 90 read the same; 89 cites p0 and p1, 90 cites p1 only.
+    ids = ["p0", "p1", "p2", "p3", "p4"]
+    data = RetrievalData(ids, [""] * 5, ["q89", "q90", "q7"], ["same claim", "same claim", "other"],
+                         {"q89": {"p0": 1, "p1": 1}, "q90": {"p1": 1}, "q7": {"p4": 1}}, LoadReport("t"))
+    scores = np.array([[0.9, 0.8, 0.5, 0.25, 0.1], [0.1, 0.2, 0.3, 0.4, 0.9]])  # one row per query mined
+    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=2, tail=1))
+    assert c.query_ids == ["q89", "q7"]  # q90 is q89: its positive p0 can never be its negative
+    assert c.pos_idx.tolist() == [[0, 1], [4, -1]] and c.neg_idx[0].tolist() == [2, 3]
+
+
 def test_cross_sample_keeps_each_querys_teacher_for_the_whole_run():
     from src.training.data import ContrastiveDataset
     a, b = two_teachers()

@@ -32,7 +32,7 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
     folder = next((tmp_path / "cache" / "candidates").glob("demo-train/minilm-*"))
     manifest = read_manifest(folder)
     assert manifest["counts"] == {"queries_in_split": 60, "queries_mined": 60, "queries_without_positive": 0,
-                                  "passages": 300}
+                                  "queries_merged_by_text": 0, "passages": 300}
     assert manifest["miner"]["depth"] == 20 and manifest["teacher_pooling"] == "mean"
     table = pq.read_table(folder / "candidates.parquet").to_pydict()
     assert list(table) == ["query_id", "pos_ids", "pos_scores", "neg_ids", "neg_scores", "tail_ids", "tail_scores"]

@@ -35,6 +35,7 @@ class LoadReport:
     unknown_passage_ids: list[str] = field(default_factory=list)
     repeated_judgements: int = 0
     queries_without_positive: int = 0
+    shared_text: list[list[str]] = field(default_factory=list)  # judged query ids of one text, by group
 
     @property
     def problems(self) -> list[str]:
@@ -49,6 +50,9 @@ class LoadReport:
             out.append(f"{self.repeated_judgements} repeated (query, passage) judgements; the highest score is kept")
         if self.queries_without_positive:
             out.append(f"{self.queries_without_positive} queries have no judgement with score > 0")
+        if self.shared_text:
+            out.append(f"{sum(map(len, self.shared_text))} judged queries share their text with another (e.g. "
+                       f"{self.shared_text[:3]}); training takes each group as one query with all their positives")
         return out
 
 
@@ -199,6 +203,10 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
     query_ids = [qid for qid in qrels if qid in query_text]
     report.queries_without_positive = sum(
         1 for qid in query_ids if not any(s > 0 and pid in corpus_set for pid, s in qrels[qid].items()))
+    by_text: dict[str, list[str]] = {}
+    for qid in query_ids:
+        by_text.setdefault(query_text[qid], []).append(qid)
+    report.shared_text = [group for group in by_text.values() if len(group) > 1]
 
     if strict and (report.unknown_query_ids or report.unknown_passage_ids):
         raise DataFormatError(qrels_where, None, "; ".join(report.problems) + " (data.strict=true)")

@@ -25,7 +25,9 @@ from src.utils.io import stable_hash, texts_fingerprint
 
 log = logging.getLogger(__name__)
 
-CANDIDATES_FORMAT = 2  # part of the cache key: bump when the stored scores change meaning (2: one scoring path)
+# Part of the cache key: bump when the stored candidates change meaning (2: one scoring path; 3: queries of one
+# text merged).
+CANDIDATES_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,22 @@ def candidates_folder(cache_dir: Path, dataset: str, data: RetrievalData, teache
 
 
 def trainable_queries(data: RetrievalData) -> tuple[list[int], np.ndarray]:
-    """Rows of the queries with at least one positive in the corpus, and their positives' corpus rows."""
-    rows = [i for i, qid in enumerate(data.query_ids) if data.positives(qid)]
-    width = max((len(data.positives(data.query_ids[i])) for i in rows), default=1)
-    pos_idx = np.full((len(rows), width), -1, dtype=np.int64)
+    """Rows of the queries with at least one positive in the corpus, and their positives' corpus rows.
+
+    Queries of one text are one query to a bi-encoder: the first of them stands for all, with all their positives
+    (as sentence-transformers merges them), so a positive of one is never mined or trained as the other's negative.
+    """
+    first_row: dict[str, int] = {}  # text -> the row that stands for it
+    positives: dict[int, list[int]] = {}  # row -> corpus rows of its positives, in judgement order
+    for i, (qid, text) in enumerate(zip(data.query_ids, data.queries)):
+        found = [data.passage_index[p] for p in data.positives(qid)]
+        if found:
+            own = positives.setdefault(first_row.setdefault(text, i), [])
+            own += [p for p in found if p not in own]
+    rows = list(positives)  # in query order: a row is added when its text is first seen
+    pos_idx = np.full((len(rows), max(map(len, positives.values()), default=1)), -1, dtype=np.int64)
     for r, i in enumerate(rows):
-        found = [data.passage_index[p] for p in data.positives(data.query_ids[i])]
-        pos_idx[r, : len(found)] = found
+        pos_idx[r, : len(positives[i])] = positives[i]
     return rows, pos_idx
 
 
@@ -126,7 +137,9 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: MinerSett
             "teacher": teacher.name, **{f"teacher_{k}": v for k, v in teacher.describe().items()},
             "miner": asdict(settings), "data_path": str(dataset), "split": data.report.split,
             "counts": {"queries_in_split": len(data.query_ids), "queries_mined": len(candidates),
-                       "queries_without_positive": len(data.query_ids) - len(candidates),
+                       "queries_without_positive": data.report.queries_without_positive,
+                       "queries_merged_by_text": (len(data.query_ids) - data.report.queries_without_positive
+                                                  - len(candidates)),
                        "passages": len(data.passages)},
             "seconds": round(time.time() - started, 1),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
