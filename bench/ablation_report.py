@@ -55,9 +55,12 @@ def our_record(run_dir: Path) -> dict:
         raise SystemExit(f"{run_dir / 'summary.json'}: no metrics (was data.split judged?)")
     stats = json.loads((run_dir / "mining_stats.json").read_text())
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    overrides = cfg.module.config_overrides or {}
     setting = {"train_split": cfg.data.train_split, "eval_split": cfg.data.split, "epochs": float(cfg.trainer.max_epochs),
                "max_length": cfg.model.passage_max_length, "batch_size": cfg.datamodule.batch_size,
-               "lr": float(cfg.module.optimizer.lr)}
+               "lr": float(cfg.module.optimizer.lr), "weight_decay": float(cfg.module.weight_decay),
+               "warmup": "ours", "warmup_ratio": float(cfg.module.scheduler.warmup_ratio),
+               "attention_dropout": overrides.get("attention_probs_dropout_prob")}
     return {"side": "ours", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
             "metrics": run["metrics"], "kept": stats["mining/queries"] - stats["mining/queries_short"],
             "total": stats["mining/queries"], "removed_share": stats["mining/removed_share"],
@@ -74,7 +77,7 @@ def st_record(path: Path) -> dict:
     return {"side": "sentence-transformers", "teacher": run["teacher"], "method": run["method"], "seed": run["seed"],
             "metrics": run["metrics"], "kept": run["rows_kept"], "total": run["pairs"],
             "train_seconds": run["train_seconds"], "mining_seconds_cold": run["mining_seconds_cold"],
-            "setting": run["setting"], "source": str(path)}
+            "setting": run["setting"], "st_recipe": run["st_recipe"], "source": str(path)}
 
 
 def record_name(r: dict) -> str:
@@ -92,14 +95,17 @@ def merge_records(new: list[dict], folder: Path) -> list[dict]:
 
 
 def check_one_setting(records: dict[str, dict], folder: Path) -> None:
-    settings = defaultdict(list)
-    for name, r in records.items():
-        settings[json.dumps(r["setting"], sort_keys=True)].append(r.get("source", name))
-    if len(settings) > 1:
-        detail = "\n".join(f"  {s}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
-                           for s, files in settings.items())
-        raise SystemExit(f"{folder}: runs of {len(settings)} different settings; keep one per folder (nothing "
-                         f"was stored):\n{detail}")
+    """Every run shares one setting, and every sentence-transformers run one `st_recipe` (the options ours lacks)."""
+    st = {name: r for name, r in records.items() if r["side"] == "sentence-transformers"}
+    for field, group in (("setting", records), ("st_recipe", st)):
+        found = defaultdict(list)
+        for name, r in group.items():
+            found[json.dumps(r.get(field), sort_keys=True)].append(r.get("source", name))
+        if len(found) > 1:
+            detail = "\n".join(f"  {s}: {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
+                               for s, files in found.items())
+            raise SystemExit(f"{folder}: runs of {len(found)} different {field}s; keep one per folder (nothing "
+                             f"was stored):\n{detail}")
 
 
 # --- statistics and tables ----------------------------------------------------------------------------------

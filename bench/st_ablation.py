@@ -1,17 +1,20 @@
 """The sentence-transformers side of the ablation (docs/results.md): mine with mine_hard_negatives, train with
 MultipleNegativesRankingLoss, score the saved model with our evaluate code (the same metrics as ours).
 
-    python bench/st_ablation.py --out logs/st_ablation/gpu                               # the anchors' recipe
+    python bench/st_ablation.py --out logs/st_ablation/gpu                               # the full setting
     python bench/st_ablation.py --teachers minilm,round2=logs/scifact/round1/model --seeds 1,2,3
     python bench/st_ablation.py --out logs/st_ablation/cpu --max-length 128 --epochs 1 --attention-dropout 0 \
         --seeds 1          # the reduced CPU setting of experiment=scifact/ablation_cpu
 
-One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds, ST recipe.
+Our recipe on both sides: weight decay 0.01, our warm-up (--warmup st: HF's), bf16 where our trainer and teachers
+use it (the teacher mines under bf16 autocast, as ours does). What stays ST's own: its mining (depth, dropping
+rows left short), its batches (no masking of a query's other positives), its trainer.
+
+One JSON per run in --out: method, teacher, seed, metrics, rows kept, mining and training seconds, setting.
 `none` mines nothing, so it runs once per seed, under the first teacher (the report lends it to the rest). A
 sampling method mines once per seed, with Python's random (which ST samples from) seeded by it: each seed trains
-on its own draw, as ours does.
-Methods without a sentence-transformers equivalent (top1_sampled_topk) are skipped; BM25 is not a
-sentence-transformers teacher.
+on its own draw, as ours does. Methods without a sentence-transformers equivalent (random, the ensembles) are
+skipped; BM25 is not a sentence-transformers teacher.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bench.st_common import ST_METHODS, pairs, st_mine, st_train  # noqa: E402
+from bench.st_common import SAMPLED, ST_METHODS, pairs, st_mine, st_train  # noqa: E402
 from src.data.beir import load_split  # noqa: E402
 from src.encode.encoder import load_encoder  # noqa: E402
 from src.encode.spec import resolve_model_path  # noqa: E402
@@ -39,7 +42,7 @@ from src.eval.retrieval import evaluate_encoder  # noqa: E402
 from src.training.module import training_precision  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-METHODS = "none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk"
+METHODS = "none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk,top1_sampled_topk"
 
 
 def seeds_to_run(out: Path, teacher: str, method: str, seeds: list[str]) -> list[str]:
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01, help="ours (module.weight_decay); ST's own is 0")
     parser.add_argument("--batch-sampler", default="batch_sampler", choices=["batch_sampler", "no_duplicates"],
                         help="ST's default may put a query's positive among another row's passages, unmasked")
+    parser.add_argument("--warmup", default="ours", choices=["ours", "st"],
+                        help="ours: our scheduler's warm-up; st: HF's, whose first step is at learning rate 0")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
@@ -78,10 +83,12 @@ def main() -> None:
     train, evaluation = load_split(args.data, args.train_split), load_split(args.data, args.eval_split)
     dataset = pairs(train)
     config_kwargs = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-    bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides
+    bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides, and our teachers mine
     encode_cfg = OmegaConf.create({"device": "auto", "precision": args.eval_precision})
     setting = {"train_split": args.train_split, "eval_split": args.eval_split, "epochs": float(args.epochs),
-               "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr}  # as our runs record it
+               "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
+               "weight_decay": args.weight_decay, "warmup": args.warmup, "warmup_ratio": 0.1,
+               "attention_dropout": args.attention_dropout}  # as bench/ablation_report.py reads our runs
     for teacher_spec in args.teachers.split(","):
         name, _, path = teacher_spec.partition("=")
         teacher = SentenceTransformer(resolve_model_path(path or args.base))  # its own max length, as ours
@@ -94,11 +101,12 @@ def main() -> None:
                 seeds = seeds_to_run(args.out, name, method, args.seeds.split(","))
                 if not seeds:
                     continue
-                sampling = ST_METHODS[method].get("sampling_strategy") == "random"
+                sampling = method in SAMPLED
                 for seed in seeds:
                     if sampling or seed == seeds[0]:
                         random.seed(int(seed))
-                        mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache))
+                        mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache),
+                                                         bf16=bf16)
                         cold = cold if cold is not None or not mining_seconds else mining_seconds  # first encodes
                     target = args.out / f"{name}-{method}-seed{seed}.json"
                     torch.manual_seed(int(seed))
@@ -107,7 +115,7 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as tmp:
                         seconds = st_train(student, mined, Path(tmp) / "trainer", args.epochs, args.batch_size,
                                            args.lr, bf16=bf16, seed=int(seed), weight_decay=args.weight_decay,
-                                           batch_sampler=args.batch_sampler)
+                                           batch_sampler=args.batch_sampler, warmup=args.warmup)
                         student.save(str(Path(tmp) / "model"))
                         encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
                         if encoder.spec.passage_max_length != args.max_length:  # a misread folder once was
@@ -116,7 +124,7 @@ def main() -> None:
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
                            "mining_seconds_cold": cold, "train_seconds": seconds, "setting": setting,
-                           "st_recipe": {"weight_decay": args.weight_decay, "batch_sampler": args.batch_sampler}}
+                           "st_recipe": {"batch_sampler": args.batch_sampler}}
                     target.write_text(json.dumps(run, indent=2) + "\n")
                     print(json.dumps({k: run[k] for k in ("method", "teacher", "seed", "rows_kept")}),
                           f"ndcg@10 {metrics['ndcg@10']:.4f}")

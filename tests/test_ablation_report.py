@@ -9,7 +9,8 @@ import pytest
 from bench import ablation_report
 from bench.st_ablation import seeds_to_run
 
-SETTING = {"train_split": "train", "eval_split": "dev", "epochs": 1.0, "max_length": 128, "batch_size": 32, "lr": 2e-5}
+SETTING = {"train_split": "train", "eval_split": "dev", "epochs": 1.0, "max_length": 128, "batch_size": 32, "lr": 2e-5,
+           "weight_decay": 0.01, "warmup": "ours", "warmup_ratio": 0.1, "attention_dropout": 0.0}
 
 
 def our_run(folder, method, seed, ndcg, epochs=1, short=0, teacher="minilm"):
@@ -22,15 +23,17 @@ def our_run(folder, method, seed, ndcg, epochs=1, short=0, teacher="minilm"):
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text(
         f"data: {{train_split: train, split: dev}}\ntrainer: {{max_epochs: {epochs}}}\n"
-        "model: {passage_max_length: 128}\ndatamodule: {batch_size: 32}\nmodule: {optimizer: {lr: 2e-5}}\n")
+        "model: {passage_max_length: 128}\ndatamodule: {batch_size: 32}\n"
+        "module: {optimizer: {lr: 2e-5}, weight_decay: 0.01, scheduler: {warmup_ratio: 0.1},\n"
+        "         config_overrides: {attention_probs_dropout_prob: 0.0}}\n")
 
 
-def st_run(folder, method, seed, ndcg, rows=685):
+def st_run(folder, method, seed, ndcg, rows=685, batch_sampler="batch_sampler", **setting):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"minilm-{method}-seed{seed}.json").write_text(json.dumps({
         "side": "sentence-transformers", "method": method, "teacher": "minilm", "seed": seed, "rows_kept": rows,
         "pairs": 685, "metrics": {"ndcg@10": ndcg, "recall@100": 0.95}, "mining_seconds_cold": 200.0,
-        "train_seconds": 110.0, "setting": SETTING}))
+        "train_seconds": 110.0, "setting": {**SETTING, **setting}, "st_recipe": {"batch_sampler": batch_sampler}}))
 
 
 def report(monkeypatch, *args):
@@ -69,6 +72,17 @@ def test_records_of_different_settings_do_not_mix(tmp_path, monkeypatch):
     assert not list((tmp_path / "out" / "runs").glob("*.json"))  # nothing stored: later rebuilds still work
 
 
+def test_the_two_sides_share_the_recipe_and_st_runs_one_batch_sampler(tmp_path, monkeypatch):
+    our_run(tmp_path / "ours" / "0", "naive_topk", 1, 0.70)
+    st_run(tmp_path / "st_wd0", "naive_topk", 1, 0.69, weight_decay=0.0)  # ST's own default, not ours
+    with pytest.raises(SystemExit, match="2 different settings"):
+        report(monkeypatch, "--ours", tmp_path / "ours", "--st", tmp_path / "st_wd0", "--out", tmp_path / "a")
+    st_run(tmp_path / "st", "naive_topk", 1, 0.69)
+    st_run(tmp_path / "st", "topk_percpos", 1, 0.68, batch_sampler="no_duplicates")
+    with pytest.raises(SystemExit, match="2 different st_recipes"):
+        report(monkeypatch, "--ours", tmp_path / "ours", "--st", tmp_path / "st", "--out", tmp_path / "b")
+
+
 def test_a_teacher_free_run_serves_every_teacher_of_its_side_and_copies_must_agree(tmp_path, monkeypatch):
     out = tmp_path / "report"
     our_run(tmp_path / "sweep" / "0", "none", 1, 0.67)  # trained under minilm only, as bench/scifact_ablation.sh does
@@ -97,3 +111,28 @@ def test_sentence_transformers_side_trains_a_teacher_free_method_once_per_seed(t
     assert seeds_to_run(tmp_path, "round2", "none", ["1", "2"]) == ["2"]  # minilm's seed-1 run serves round2
     assert seeds_to_run(tmp_path, "round2", "naive_topk", ["1", "2"]) == ["1", "2"]  # mined: one run per teacher
     assert seeds_to_run(tmp_path, "minilm", "naive_topk", ["1", "2"]) == ["2"]
+
+
+def test_sentence_transformers_samples_among_the_first_survivors_and_drops_short_rows():
+    import random
+
+    from datasets import Dataset
+
+    from bench.st_common import sample_survivors
+    mined = Dataset.from_dict({"anchor": ["q1", "q2"], "positive": [["p1", *[f"n{i}" for i in range(10)]],
+                                                                      ["p2", "m0", "m1", "m2"]]})
+    random.seed(0)
+    tuples = sample_survivors(mined, 4, keep_best=1)
+    assert tuples.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+    assert tuples["anchor"] == ["q1"]  # q2 has 3 survivors for 4 negatives: dropped, as ST drops short rows
+    row = tuples[0]
+    negatives = [row[f"negative_{i}"] for i in range(1, 5)]
+    assert row["positive"] == "p1" and negatives[0] == "n0"  # the best survivor is kept
+    assert len(set(negatives)) == 4 and set(negatives[1:]) <= {f"n{i}" for i in range(1, 10)}
+    random.seed(0)
+    assert sample_survivors(mined, 4, keep_best=1)[0] == row  # seeded: one draw per seed
+    drawn = set()
+    for seed in range(30):
+        random.seed(seed)
+        drawn |= {sample_survivors(mined, 4, keep_best=0)[0][f"negative_{i}"] for i in range(1, 5)}
+    assert drawn == {f"n{i}" for i in range(10)}  # uniform over all ten survivors, not just the best four
