@@ -213,8 +213,8 @@ def paired_gains(by: dict, teacher: str, side: str = "ours") -> dict[str, list[f
     return gains
 
 
-def gains_table(by: dict, teachers: list[str]) -> str:
-    gains = {t: paired_gains(by, t) for t in teachers}
+def gains_table(by: dict, teachers: list[str], side: str = "ours") -> str:
+    gains = {t: paired_gains(by, t, side) for t in teachers}
     methods = ordered({m for g in gains.values() for m in g})
     lines = ["| method | " + " | ".join(f"teacher {t}" for t in teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
     for m in methods:
@@ -318,7 +318,8 @@ def main() -> None:
         parts += [f"## Teacher: {teacher}", "", side_by_side(by, teacher), ""]
         note = shared_note(by, teacher)
         parts += [note.strip(), ""] if note else []
-    parts += [f"## Each method minus {BASELINE} at the same seed (ours)", "", gains_table(by, teachers), ""]
+    for side in (s for s in SIDES if any(r["side"] == s for r in records)):
+        parts += [f"## Each method minus {BASELINE} at the same seed ({side})", "", gains_table(by, teachers, side), ""]
     if disagreements:
         parts += ["**Teacher-free runs that should agree and do not** (one seed, several teachers; a run is not "
                   "deterministic here):", "", *[f"- {line}" for line in disagreements], ""]

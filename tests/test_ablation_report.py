@@ -83,6 +83,18 @@ def test_the_two_sides_share_the_recipe_and_st_runs_one_batch_sampler(tmp_path, 
         report(monkeypatch, "--ours", tmp_path / "ours", "--st", tmp_path / "st", "--out", tmp_path / "b")
 
 
+def test_paired_gains_are_reported_for_each_side_against_its_own_naive_run(tmp_path, monkeypatch):
+    our_run(tmp_path / "ours" / "0", "naive_topk", 1, 0.70)
+    our_run(tmp_path / "ours" / "1", "topk_percpos", 1, 0.71)
+    st_run(tmp_path / "st", "naive_topk", 1, 0.69)
+    st_run(tmp_path / "st", "topk_percpos", 1, 0.67)
+    report(monkeypatch, "--ours", tmp_path / "ours", "--st", tmp_path / "st", "--out", tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    ours = text.split("at the same seed (ours)")[1].split("## ")[0]
+    st = text.split("at the same seed (sentence-transformers)")[1].split("## ")[0]
+    assert "| topk_percpos | +0.0100 |" in ours and "| topk_percpos | -0.0200 |" in st
+
+
 def test_a_teacher_free_run_serves_every_teacher_of_its_side_and_copies_must_agree(tmp_path, monkeypatch):
     out = tmp_path / "report"
     our_run(tmp_path / "sweep" / "0", "none", 1, 0.67)  # trained under minilm only, as bench/scifact_ablation.sh does
