@@ -278,7 +278,7 @@ def removed_chart(by: dict, teachers: list[str], path: Path, title: str) -> None
         points = []
         for m in methods_of(by, teacher):
             runs = by.get((teacher, m, "ours"), [])
-            if m not in ("none", "random") and runs and runs[0].get("removed_share") is not None:
+            if m not in TEACHER_FREE and runs and runs[0].get("removed_share") is not None:
                 points.append((100 * runs[0]["removed_share"], np.mean(ndcg(runs)), spread(ndcg(runs)), m))
         if points:
             x, y, err, names = zip(*points)
