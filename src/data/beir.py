@@ -11,7 +11,10 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+from src.utils.io import texts_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,11 @@ class RetrievalData:
 
     def __post_init__(self) -> None:
         self.passage_index = {pid: i for i, pid in enumerate(self.corpus_ids)}
+
+    @cached_property
+    def passages_fingerprint(self) -> str:
+        """A content hash of the passage texts (cache keys), computed once: a second per GB of text."""
+        return texts_fingerprint(self.passages)
 
     def positives(self, query_id: str) -> list[str]:
         """Passages judged relevant (score > 0) that exist in the corpus."""

@@ -9,9 +9,12 @@ processes (GPUs, machines sharing the folder) split the missing shards between t
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from src.encode.encoder import TextEncoder
@@ -32,7 +35,7 @@ class ShardedEmbeddings:
     def missing(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.path(i).is_file()]
 
-    def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int = 64,
+    def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int | str | None = None,
               rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
         """Encode and write this process's share of the missing shards (shard i belongs to rank i % world)."""
         if len(texts) != self.n_texts:
@@ -41,19 +44,39 @@ class ShardedEmbeddings:
         if len(todo) < self.n_shards:
             log.info("%s: %d of %d shards already encoded", self.folder, self.n_shards - len(self.missing()),
                      self.n_shards)
-        for shard in tqdm(todo, desc=f"{kind} shards", disable=not progress or len(todo) < 2):
-            if self.path(shard).is_file():  # written meanwhile by another job sharing the cache
-                continue
+        encoding: deque[int] = deque()
+
+        def ranges() -> Iterator[tuple[int, int]]:  # read as the encoder reaches each shard
+            for shard in todo:
+                if not self.path(shard).is_file():  # else written meanwhile by another job sharing the cache
+                    encoding.append(shard)
+                    yield shard * self.shard_size, min(self.n_texts, (shard + 1) * self.shard_size)
+
+        bar = tqdm(total=len(todo), desc=f"{kind} shards", disable=not progress or len(todo) < 2)
+        for embeddings in self._encode(encoder, texts, kind, ranges(), batch_size, progress):
+            shard = encoding.popleft()
+            bar.update()
             start = shard * self.shard_size
-            embeddings = encoder.encode(texts[start:start + self.shard_size], kind, batch_size, progress=progress)
             with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
-                stored = embeddings.astype(np.float16)
+                stored = embeddings.astype(np.float16, copy=False)
             if bad := non_finite_rows(stored):
                 raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in all) "
                                  f"encode to NaN or overflow fp16 storage; check the model's precision and pooling")
             with atomic_path(self.path(shard)) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, stored)
+        bar.close()
+
+    @staticmethod
+    def _encode(encoder: TextEncoder, texts: list[str], kind: str, ranges: Iterator[tuple[int, int]],
+                batch_size: int | str | None,
+                progress: bool) -> Iterator[np.ndarray]:
+        """Each range's embeddings: one stream through an encoder that has one, else range by range."""
+        if hasattr(encoder, "encode_ranges"):  # fp16 from the device: an overflow there is inf, refused as here
+            yield from encoder.encode_ranges(texts, kind, ranges, batch_size, progress=progress, dtype=torch.float16)
+        else:
+            for start, stop in ranges:
+                yield encoder.encode(texts[start:stop], kind, batch_size, progress=progress)
 
     def shards(self) -> list[np.ndarray]:
         """All shards, memory-mapped (fp16)."""

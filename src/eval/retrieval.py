@@ -38,7 +38,7 @@ def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
     return run
 
 
-def evaluate_encoder(encoder: TextEncoder | DualEncoder, data: RetrievalData, k: int = 100, batch_size: int = 64,
+def evaluate_encoder(encoder: TextEncoder | DualEncoder, data: RetrievalData, k: int = 100, batch_size: int | str | None = None,
                      backend: str = "auto", progress: bool = True, ignore_identical_ids: bool = True) -> EvalResult:
     passages = encoder.encode(data.passages, "passage", batch_size, progress=progress)
     queries = encoder.encode(data.queries, "query", batch_size, progress=progress)

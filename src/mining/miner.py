@@ -21,7 +21,7 @@ from src.encode.search import sort_rows
 from src.mining.methods import sample_outside
 from src.mining.teachers import Teacher
 from src.utils.distributed import barrier
-from src.utils.io import stable_hash, texts_fingerprint
+from src.utils.io import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class MinerSettings:
 
 def data_fingerprint(data: RetrievalData) -> str:
     """The content of a split: corpus texts, the split's query texts and qrels."""
-    return stable_hash([texts_fingerprint(data.passages), data.corpus_ids, data.query_ids, data.queries,
+    return stable_hash([data.passages_fingerprint, data.corpus_ids, data.query_ids, data.queries,
                         sorted((q, sorted(j.items())) for q, j in data.qrels.items())])
 
 

@@ -58,15 +58,15 @@ class DenseTeacher:
             info["commit"] = getattr(model.config, "_commit_hash", None)
         return info
 
-    def _embeddings(self, texts: list[str], kind: str) -> ShardedEmbeddings:
+    def _embeddings(self, n_texts: int, texts_key: str, kind: str) -> ShardedEmbeddings:
         folder = (self.cache_dir / "embeddings" / f"{self.name}-{stable_hash(self.fingerprint())}"
-                  / f"{kind}-{texts_fingerprint(texts)}-shards{self.shard_size}")  # row i is in shard i // size
-        return ShardedEmbeddings(folder, len(texts), self.shard_size)
+                  / f"{kind}-{texts_key}-shards{self.shard_size}")  # row i is in shard i // size
+        return ShardedEmbeddings(folder, n_texts, self.shard_size)
 
     def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
         """Encode the corpus and the queries into the cache; `world` processes share the shards."""
-        self.passages = self._embeddings(data.passages, "passage")
-        self.queries = self._embeddings(queries, "query")
+        self.passages = self._embeddings(len(data.passages), data.passages_fingerprint, "passage")
+        self.queries = self._embeddings(len(queries), texts_fingerprint(queries), "query")
         for store, texts, kind in ((self.passages, data.passages, "passage"), (self.queries, queries, "query")):
             if store.missing():
                 if self.encoder is None:

@@ -1,4 +1,4 @@
-"""What the DataModule serves: cached token ids, the per-epoch positive-aware sampler, and the collators.
+"""What the DataModule serves: token ids tokenised once (`tokenize_all`), the per-epoch positive-aware sampler, and the collators.
 
 Negatives are drawn when an item is fetched, by the mining method over the stored teacher scores, with a
 generator seeded by (seed, epoch, query): they rotate every epoch, yet any worker, rank or resumed run draws
@@ -13,39 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
 
 from src.data.candidates import CandidateArrays
 from src.encode.encoder import length_sorted_batches
-from src.encode.tokenizer import PromptTokenizer
+from src.encode.tokenizer import PromptTokenizer, TokenStore
 from src.mining.methods import MiningMethod, select_negatives
-
-
-class TokenStore:
-    """Token ids of many texts in two flat arrays: compact, and shared copy-on-write by dataloader workers."""
-
-    def __init__(self, ids: list[list[int]]):
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(self.offsets[-1]))
-
-    @classmethod
-    def build(cls, tokenizer: PromptTokenizer, texts: list[str], kind: str, chunk: int = 8192,
-              progress: bool = True) -> TokenStore:
-        ids: list[list[int]] = []
-        for start in tqdm(range(0, len(texts), chunk), desc=f"tokenize {kind}s", disable=not progress or
-                          len(texts) <= chunk, leave=False):
-            ids.extend(tokenizer(texts[start:start + chunk], kind))
-        return cls(ids)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> list[int]:
-        return self.flat[self.offsets[i]:self.offsets[i + 1]].tolist()
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 class EpochSampler(Sampler):

@@ -21,10 +21,10 @@ from src.data import load_data
 from src.data.beir import RetrievalData
 from src.data.candidates import CandidateArrays
 from src.encode.spec import EncoderSpec
-from src.encode.tokenizer import PromptTokenizer
+from src.encode.tokenizer import PromptTokenizer, TokenStore, default_tokenize_threads, tokenize_all
 from src.mining.methods import MiningMethod
-from src.training.data import (ContrastiveDataset, EncodeCollator, EncodeDataset, EpochSampler, TokenStore,
-                               TrainingCollator, encode_batches)
+from src.training.data import (ContrastiveDataset, EncodeCollator, EncodeDataset, EpochSampler, TrainingCollator,
+                               encode_batches)
 
 log = logging.getLogger(__name__)
 # The train loader resumes mid-epoch through the datamodule's state_dict (below); Lightning, which only knows
@@ -73,9 +73,8 @@ class RetrievalDataModule(L.LightningDataModule):
                  len(teachers[0]), self.method)
         if self.data_cfg.get("val_split"):
             self.val_data = load_data(self.data_cfg, self.data_cfg.val_split)
-            self.val_tokens = {"query": TokenStore.build(self.tokenizer, self.val_data.queries, "query"),
-                               "passage": TokenStore.build(self.tokenizer, self.val_data.passages, "passage",
-                                                           progress=self.progress)}
+            self.val_tokens = {"query": self._tokenize(self.val_data.queries, "query"),
+                               "passage": self._tokenize(self.val_data.passages, "passage")}
 
     def _training_set(self, train: RetrievalData, teachers: list[CandidateArrays]) -> ContrastiveDataset:
         c = teachers[0]
@@ -91,11 +90,14 @@ class RetrievalDataModule(L.LightningDataModule):
         slot = np.full(len(train.passages), -1, dtype=np.int64)
         slot[needed] = np.arange(len(needed))
         query_text = dict(zip(train.query_ids, train.queries))
-        queries = TokenStore.build(self.tokenizer, [query_text[q] for q in c.query_ids], "query")
-        passages = TokenStore.build(self.tokenizer, [train.passages[i] for i in needed], "passage",
-                                    progress=self.progress)
+        queries = self._tokenize([query_text[q] for q in c.query_ids], "query")
+        passages = self._tokenize([train.passages[i] for i in needed], "passage")
         empty = self.tokenizer([""], "passage")[0]
         return ContrastiveDataset(pairs, teachers, self.method, self.seed, queries, passages, slot, empty)
+
+    def _tokenize(self, texts: list[str], kind: str) -> TokenStore:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return tokenize_all(self.tokenizer, texts, kind, default_tokenize_threads(device), self.progress)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
