@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one call, each stage's JSON record in $OUT/records (or logs/gpu_suite/records), its log
-# in logs/: the GPU tests (search, a bf16 step against the CPU's, exact resume), mining against
+# in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, a bf16 step against the CPU's, exact resume), mining against
 # sentence-transformers (SciFact, 100k and 1M synthetic passages), training throughput against it, the SciFact
 # final recipe at 256 tokens with attention dropout, and zero-shot parity. A failed stage is reported and the
 # next one runs; the whole suite ends by DEADLINE seconds (default 560), each stage cut at its share.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-logs/gpu_suite}
 data=${SCIFACT_DIR:-}
 model=${MINILM_DIR:-sentence-transformers/all-MiniLM-L6-v2}
-stages=${STAGES:-env tests mine_scifact mine_100k train mine_1m final eval}
+stages=${STAGES:-env probe tests mine_scifact mine_100k train mine_1m final eval}
 deadline=${DEADLINE:-560}
 [ -f "$data/corpus.jsonl" ] || { echo "SCIFACT_DIR must name the BEIR SciFact folder (train/dev qrels)"; exit 2; }
 mkdir -p "$out/records" "$out/logs"
@@ -38,6 +38,7 @@ run() {  # run STAGE LIMIT COMMAND...: the command's output to logs/STAGE.log, i
 
 run env 30 bash -c "nvidia-smi; python -c 'import torch, transformers, lightning, sentence_transformers as st;
 print(torch.__version__, transformers.__version__, lightning.__version__, st.__version__, torch.cuda.get_device_name())'"
+run probe 90 python bench/gpu_probe.py --data "$data" --model "$model" --out "$out/records/probe.json"
 run tests 150 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 run mine_scifact 60 python bench/mine_vs_st.py --data "$data" --model "$model" --out "$out/records/mine_scifact.json"
 run mine_100k 150 python bench/mine_vs_st.py --data "$data" --model "$model" --synthetic 100000 \
