@@ -1,8 +1,8 @@
 """Tables and charts of a mining ablation: our train.py runs and bench/st_ablation.py's, side by side.
 
-    python bench/ablation_report.py --ours logs/ablation_cpu/ours --st logs/ablation_cpu/st --out docs/results/cpu \
+    python -m bench.ablation_report --ours logs/ablation_cpu/ours --st logs/ablation_cpu/st --out docs/results/cpu \
         --title "SciFact train -> dev, reduced CPU setting" --zero-shot docs/bench/eval_scifact_dev_cpu.json
-    python bench/ablation_report.py --out docs/results/cpu      # rebuild from the stored records alone
+    python -m bench.ablation_report --out docs/results/cpu      # rebuild from the stored records alone
 
 Each run is first stored as one small JSON record in <out>/runs/ (a rerun of the same side, teacher, method and
 seed replaces its record); the report is then built from every record there. So results of earlier sessions add
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,11 +28,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from src.mining.methods import MiningMethod  # noqa: E402
-from src.utils.io import write_json_atomic  # noqa: E402
-from src.utils.plots import pyplot, save_figure  # noqa: E402
+from pa_retriever.mining.methods import MiningMethod
+from pa_retriever.utils.io import write_json_atomic
+from pa_retriever.utils.plots import pyplot, save_figure
 
 ORDER = ["none", "naive_topk", "topk_shifted", "topk_abs", "topk_marginpos", "topk_percpos", "sampled_topk",
          "top1_sampled_topk", "random"]

@@ -1,7 +1,7 @@
 """What a change to the miner does to training: two candidates folders of the same data, compared method by method.
 
-    python bench/compare_candidates.py ~/.cache/pa-retriever/candidates/scifact-train/minilm-{OLD,NEW} \
-        --data ../shared/data/scifact --split train --out docs/results/cpu/candidates_OLD_vs_NEW.json
+    python -m bench.compare_candidates ~/.cache/pa-retriever/candidates/scifact-train/minilm-{OLD,NEW} \
+        --data /data/scifact --split train --out docs/results/cpu/candidates_OLD_vs_NEW.json
 
 Prints (and with --out writes as JSON) how many queries store other candidates or another order, the largest
 score difference, and for every teacher-reading method in conf/mining how many queries get other negatives
@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from src.data.beir import load_split  # noqa: E402
-from src.data.candidates import CandidateArrays, load_candidates  # noqa: E402
-from src.mining.methods import MiningMethod, select_negatives  # noqa: E402
-from src.utils.io import write_json_atomic  # noqa: E402
+from pa_retriever.data.beir import load_split
+from pa_retriever.data.candidates import CandidateArrays, load_candidates
+from pa_retriever.mining.methods import MiningMethod, select_negatives
+from pa_retriever.utils.io import write_json_atomic
 
 
 def _largest_difference(a: np.ndarray, b: np.ndarray) -> float:

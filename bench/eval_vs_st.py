@@ -1,7 +1,7 @@
 """Zero-shot evaluation: our encoder against sentence-transformers' own encode (as MTEB runs it), one split.
 
-    python bench/eval_vs_st.py                                   # all-MiniLM-L6-v2 on SciFact dev
-    python bench/eval_vs_st.py --split test --data <BEIR scifact> # the published 0.6451 lives on test
+    python -m bench.eval_vs_st                                   # all-MiniLM-L6-v2 on SciFact dev
+    python -m bench.eval_vs_st --split test --data <BEIR scifact> # the published 0.6451 lives on test
 
 Both embeddings are scored by the same search and pytrec_eval code, so any difference in nDCG@10 comes from
 encoding (text joining, truncation, pooling, normalisation). Prints both metric sets, the largest
@@ -13,28 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-from omegaconf import OmegaConf  # noqa: E402
-
-from bench.st_common import device_name  # noqa: E402
-from src.data.beir import load_split  # noqa: E402
-from src.encode.encoder import load_encoder  # noqa: E402
-from src.encode.spec import resolve_model_path  # noqa: E402
-from src.eval.retrieval import evaluate_embeddings  # noqa: E402
+from bench.st_common import device_name
+from pa_retriever.data.beir import load_split
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
+from pa_retriever.encode.towers import Towers
+from pa_retriever.eval.retrieval import evaluate_embeddings
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR"), required="SCIFACT_DIR" not in os.environ,
+                        help="the BEIR SciFact folder (default: $SCIFACT_DIR)")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--model", default=MINILM)
     parser.add_argument("--precision", default="fp32", help="ours: fp32 (as published figures), auto, bf16")
@@ -46,8 +43,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     data = load_split(args.data, args.split)
-    encoder = load_encoder(OmegaConf.create({"name_or_path": args.model}),
-                           OmegaConf.create({"device": "auto", "precision": args.precision}))
+    encoder = Towers.load(EncoderSpec.from_config({"name_or_path": args.model}), EncodeSettings(precision=args.precision))
     started = time.perf_counter()
     ours = {kind: encoder.encode(texts, kind, progress=False)
             for kind, texts in (("passage", data.passages), ("query", data.queries))}

@@ -1,6 +1,6 @@
 """Where encoding and a training step spend their time on this device, part by part, as JSON.
 
-    python bench/gpu_probe.py --data <BEIR scifact> --model <MiniLM folder> [--passages 20000]
+    python -m bench.gpu_probe --data <BEIR scifact> --model <MiniLM folder> [--passages 20000]
 
 Tokenising alone (1 and 2 threads), pinning a batch, the model's forward alone at the encode batch shape
 (device time by CUDA events against host time to queue it; SDPA and eager attention), the whole `encode`, and a
@@ -13,22 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.st_common import device_name  # noqa: E402
-from bench.synthetic import build_synthetic  # noqa: E402
-from src.data.beir import load_split  # noqa: E402
-from src.encode.encoder import TextEncoder, length_sorted_batches  # noqa: E402
-from src.encode.spec import EncoderSpec  # noqa: E402
-from src.encode.tokenizer import tokenize_all  # noqa: E402
+from bench.st_common import device_name
+from bench.synthetic import build_synthetic
+from pa_retriever.data.beir import load_split
+from pa_retriever.encode.encoder import TextEncoder, length_sorted_batches
+from pa_retriever.encode.spec import EncoderSpec
+from pa_retriever.encode.tokenizer import tokenize_all
 
 CUDA = torch.cuda.is_available()
 

@@ -39,14 +39,14 @@ run() {  # run STAGE LIMIT COMMAND...: the command's output to logs/STAGE.log, i
 
 run env 30 bash -c "nvidia-smi; python -c 'import torch, transformers, lightning, sentence_transformers as st;
 print(torch.__version__, transformers.__version__, lightning.__version__, st.__version__, torch.cuda.get_device_name())'"
-run probe 90 python bench/gpu_probe.py --data "$data" --model "$model" --out "$out/records/probe.json"
+run probe 90 python -m bench.gpu_probe --data "$data" --model "$model" --out "$out/records/probe.json"
 run tests 150 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
-run mine_scifact 60 python bench/mine_vs_st.py --data "$data" --model "$model" --out "$out/records/mine_scifact.json"
-run mine_100k 150 python bench/mine_vs_st.py --data "$data" --model "$model" --synthetic 100000 \
+run mine_scifact 60 python -m bench.mine_vs_st --data "$data" --model "$model" --out "$out/records/mine_scifact.json"
+run mine_100k 150 python -m bench.mine_vs_st --data "$data" --model "$model" --synthetic 100000 \
   $([ "${ST_100K:-1}" = 0 ] && echo --no-st) --out "$out/records/mine_100k.json"
-run train 120 python bench/train_vs_st.py --data "$data" --model "$model" --steps 60 --warmup 10 \
+run train 120 python -m bench.train_vs_st --data "$data" --model "$model" --steps 60 --warmup 10 \
   $([ "${PROFILE:-0}" = 1 ] && echo --profile) --out "$out/records/train.json"
-run mine_1m 150 python bench/mine_vs_st.py --data "$data" --model "$model" --synthetic 1000000 --no-st \
+run mine_1m 150 python -m bench.mine_vs_st --data "$data" --model "$model" --synthetic 1000000 --no-st \
   --out "$out/records/mine_1m.json"
 # The final recipe as the CPU cannot afford it: 256 tokens, attention dropout on; train split -> dev.
 run final 150 bash -c "python train.py experiment=scifact/final data.path='$data' data.train_split=train \
@@ -54,7 +54,7 @@ run final 150 bash -c "python train.py experiment=scifact/final data.path='$data
   model.passage_max_length=256 module.config_overrides=null datamodule.num_workers=4 trainer=gpu seed=1 \
   encode.progress=false hydra.run.dir='$tmp/final' paths.cache_dir='$tmp/cache' \
   && cp '$tmp/final/summary.json' '$out/records/final_recipe.json'"
-run eval 60 python bench/eval_vs_st.py --data "$data" --model "$model" --out "$out/records/eval_scifact_dev.json"
+run eval 60 python -m bench.eval_vs_st --data "$data" --model "$model" --out "$out/records/eval_scifact_dev.json"
 
 for f in "$out"/records/*.json; do [ -f "$f" ] && { echo "== $(basename "$f")"; cat "$f"; }; done
 if [ -n "${OUT:-}" ]; then  # a device call returns at most 8 files: one archive

@@ -1,9 +1,9 @@
 """Time our mining against sentence-transformers' mine_hard_negatives, same data, model and device, one run.
 
-    python bench/mine_vs_st.py                                   # SciFact train split, all-MiniLM-L6-v2
-    python bench/mine_vs_st.py --synthetic 100000                # the 100k-passage corpus of docs/anchors
-    python bench/mine_vs_st.py --precision fp32 --out result.json
-    python bench/mine_vs_st.py --synthetic 1000000 --no-st       # ours alone (ST would take many minutes)
+    python -m bench.mine_vs_st                                   # SciFact train split, all-MiniLM-L6-v2
+    python -m bench.mine_vs_st --synthetic 100000                # the 100k-passage corpus of docs/anchors
+    python -m bench.mine_vs_st --precision fp32 --out result.json
+    python -m bench.mine_vs_st --synthetic 1000000 --no-st       # ours alone (ST would take many minutes)
 
 Both sides start cold (no embedding cache; the model loaded inside the timed span, CUDA already started) and
 include encoding. Prints both times, the speed ratio, the agreement of the naive top-4 negatives (pairs ST
@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-from bench.st_common import device_name  # noqa: E402
-from bench.synthetic import build_synthetic  # noqa: E402
-from src.data.beir import load_split  # noqa: E402
-from src.encode.spec import resolve_model_path  # noqa: E402
+from bench.st_common import device_name
+from bench.synthetic import build_synthetic
+from pa_retriever.data.beir import load_split
+from pa_retriever.encode.spec import resolve_model_path
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,19 +35,20 @@ def ours(data_dir: Path, split: str, model: str, precision: str, cache: Path, nu
          batch_size: str) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from src.mining import mined_candidates
-    from src.mining.methods import MiningMethod
-    from src.mining.stats import method_stats
+    from pa_retriever.encode.encoder import EncodeSettings
+    from pa_retriever.mining.methods import MiningMethod
+    from pa_retriever.mining.source import candidate_source
+    from pa_retriever.mining.stats import method_stats
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("mine", overrides=[f"data.path={data_dir}", f"data.train_split={split}",
-                                         f"teacher.name_or_path={model}", f"encode.precision={precision}",
-                                         f"paths.cache_dir={cache}", "encode.progress=false",
-                                         f"encode.batch_size={batch_size}"])
+        cfg = compose("mine", overrides=[f"teacher.name_or_path={model}", f"encode.precision={precision}",
+                                         "encode.progress=false", f"encode.batch_size={batch_size}"])
     started = time.perf_counter()
     data = load_split(data_dir, split)
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    candidates = mined_candidates(cfg, data)["minilm"]
+    source = candidate_source(None, cfg.teacher, cfg.candidates, EncodeSettings.from_config(cfg.encode), cache,
+                              data_dir.name)
+    candidates = source.load(data)["minilm"]
     seconds = time.perf_counter() - started
     percpos = method_stats([candidates], MiningMethod("topk_percpos", num_negatives, filter="percpos", perc=0.95))
     text = dict(zip(data.query_ids, data.queries))  # keyed by text: queries of one text are mined as one
@@ -92,7 +89,8 @@ def sentence_transformers(data_dir: Path, split: str, model: str, num_negatives:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR"), required="SCIFACT_DIR" not in os.environ,
+                        help="the BEIR SciFact folder (default: $SCIFACT_DIR)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", default=MINILM)
     parser.add_argument("--precision", default="auto", help="ours: auto (bf16 where native), fp32, bf16")

@@ -29,10 +29,10 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
   local seeds=${SEEDS:-1,2,3} teachers=${TEACHERS:-minilm,round2,bm25}
   local methods=${METHODS:-none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk,top1_sampled_topk}
   local logs=logs/ablation_$setting report=${REPORT:-docs/results/$setting}
-  local data=${SCIFACT_DIR:-../shared/data/scifact}
+  local data=${SCIFACT_DIR:?set SCIFACT_DIR to the BEIR SciFact folder (train and dev judgements)}
   local base=${MINILM_DIR:-sentence-transformers/all-MiniLM-L6-v2}  # a folder on the GPU machine, else the installed copy
   local round1_model=$logs/round1/model
-  [ -f "$data/corpus.jsonl" ] || { echo "no SciFact at $data (set SCIFACT_DIR)" >&2; exit 1; }
+  [ -f "$data/corpus.jsonl" ] || { echo "no SciFact at $data (SCIFACT_DIR)" >&2; exit 1; }
 
   teacher_args() {  # the overrides that make teacher $1 the one of this ablation
     case $1 in
@@ -79,13 +79,13 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
   local st_teachers
   st_teachers=$(for t in ${teachers//,/ }; do
     case $t in minilm) echo "minilm=$base" ;; round2) echo "round2=$round1_model" ;; esac; done | paste -sd, -)
-  [ -z "$st_teachers" ] || python bench/st_ablation.py --data "$data" --base "$base" --teachers "$st_teachers" \
+  [ -z "$st_teachers" ] || python -m bench.st_ablation --data "$data" --base "$base" --teachers "$st_teachers" \
     --methods "$methods" --seeds "$seeds" --max-length "$length" "${st_args[@]}" --out "$logs/st"
 
   # 6. the report, with the zero-shot metrics and each teacher's mining plots beside it (logs/ is not kept)
   mkdir -p "$report" && cp "$zero_shot" "$report/zero_shot.json"
   if [ -f "$logs/round1/metrics.json" ]; then cp "$logs/round1/metrics.json" "$report/round1_metrics.json"; fi
-  python bench/ablation_report.py --ours "$logs/ours" --st "$logs/st" --out "$report" --zero-shot "$report/zero_shot.json" \
+  python -m bench.ablation_report --ours "$logs/ours" --st "$logs/st" --out "$report" --zero-shot "$report/zero_shot.json" \
     --title "SciFact train -> dev, $setting setting ($experiment)"
   local plot
   for teacher in ${teachers//,/ }; do

@@ -1,9 +1,9 @@
 """The sentence-transformers side of the ablation (docs/results.md): mine with mine_hard_negatives, train with
 MultipleNegativesRankingLoss, score the saved model with our evaluate code (the same metrics as ours).
 
-    python bench/st_ablation.py --out logs/st_ablation/gpu                               # the full setting
-    python bench/st_ablation.py --teachers minilm,round2=logs/scifact/round1/model --seeds 1,2,3
-    python bench/st_ablation.py --out logs/st_ablation/cpu --max-length 128 --epochs 1 --attention-dropout 0 \
+    python -m bench.st_ablation --out logs/st_ablation/gpu                               # the full setting
+    python -m bench.st_ablation --teachers minilm,round2=logs/scifact/round1/model --seeds 1,2,3
+    python -m bench.st_ablation --out logs/st_ablation/cpu --max-length 128 --epochs 1 --attention-dropout 0 \
         --seeds 1          # the reduced CPU setting of experiment=scifact/ablation_cpu
 
 Our recipe on both sides: weight decay 0.01, our warm-up (--warmup st: HF's), bf16 where our trainer and teachers
@@ -23,23 +23,20 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
 
-from bench.st_common import SAMPLED, ST_METHODS, pairs, st_mine, st_train  # noqa: E402
-from src.data.beir import load_split  # noqa: E402
-from src.encode.encoder import load_encoder  # noqa: E402
-from src.encode.spec import resolve_model_path  # noqa: E402
-from src.eval.retrieval import evaluate_encoder  # noqa: E402
-from src.training.module import training_precision  # noqa: E402
+from bench.st_common import SAMPLED, ST_METHODS, pairs, st_mine, st_train
+from pa_retriever.data.beir import load_split
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
+from pa_retriever.encode.towers import Towers
+from pa_retriever.eval.retrieval import score_model
+from pa_retriever.training.module import training_precision
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 METHODS = "none,naive_topk,topk_shifted,topk_abs,topk_marginpos,topk_percpos,sampled_topk,top1_sampled_topk"
@@ -54,7 +51,8 @@ def seeds_to_run(out: Path, teacher: str, method: str, seeds: list[str]) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR"), required="SCIFACT_DIR" not in os.environ,
+                        help="the BEIR SciFact folder (default: $SCIFACT_DIR)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--eval-split", default="dev")
     parser.add_argument("--base", default=MINILM)
@@ -84,7 +82,7 @@ def main() -> None:
     dataset = pairs(train)
     config_kwargs = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
     bf16 = training_precision("auto") == "bf16-mixed"  # as our trainer decides, and our teachers mine
-    encode_cfg = OmegaConf.create({"device": "auto", "precision": args.eval_precision})
+    settings = EncodeSettings(precision=args.eval_precision, progress=False)
     setting = {"train_split": args.train_split, "eval_split": args.eval_split, "epochs": float(args.epochs),
                "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr,
                "weight_decay": args.weight_decay, "warmup": args.warmup, "warmup_ratio": 0.1,
@@ -117,10 +115,10 @@ def main() -> None:
                                            args.lr, bf16=bf16, seed=int(seed), weight_decay=args.weight_decay,
                                            batch_sampler=args.batch_sampler, warmup=args.warmup)
                         student.save(str(Path(tmp) / "model"))
-                        encoder = load_encoder({"name_or_path": str(Path(tmp) / "model")}, encode_cfg)
+                        encoder = Towers.load(EncoderSpec.from_folder(Path(tmp) / "model"), settings)
                         if encoder.spec.passage_max_length != args.max_length:  # a misread folder once was
                             raise RuntimeError(f"the saved model reads as {encoder.spec}, not {args.max_length} tokens")
-                        metrics = evaluate_encoder(encoder, evaluation, progress=False).metrics
+                        metrics = score_model(encoder, evaluation, settings).metrics
                     run = {"side": "sentence-transformers", "method": method, "teacher": name, "seed": int(seed),
                            "metrics": metrics, "rows_kept": len(mined), "pairs": len(dataset),
                            "mining_seconds_cold": cold, "train_seconds": seconds, "setting": setting,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from src.data.beir import RetrievalData
-from src.training.module import linear_warmup_decay
+from pa_retriever.data.beir import RetrievalData
+from pa_retriever.training.module import linear_warmup_decay
 
 
 def device_name() -> str:

@@ -1,9 +1,9 @@
-"""The synthetic corpus of ../shared/docs/anchors.md, at any size: passages of 6 SciFact sentences.
+"""The synthetic corpus of the speed anchors (100k passages there), at any size: passages of 6 SciFact sentences.
 
 Every SciFact sentence recurs in about a dozen passages at 100k, so a teacher's top-k holds many passages that
 share the query's sentence: false negatives by construction, as at the scale of the paper's datasets.
 
-    python bench/synthetic.py --data <BEIR scifact> --passages 1000000 --out /tmp/synthetic-1m
+    python -m bench.synthetic --data <BEIR scifact> --passages 1000000 --out /tmp/synthetic-1m
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Training throughput: ours against sentence-transformers' trainer with MultipleNegativesRankingLoss.
 
-    python bench/train_vs_st.py                      # SciFact train, MiniLM, batch 32, 1 query + 5 passages, 256
-    python bench/train_vs_st.py --steps 60 --batch-size 32 --precision bf16
+    python -m bench.train_vs_st                      # SciFact train, MiniLM, batch 32, 1 query + 5 passages, 256
+    python -m bench.train_vs_st --steps 60 --batch-size 32 --precision bf16
 
 Same model, batch size, negatives (our naive top-4, given to both), max length and precision. Each side runs
 `--steps` optimizer steps; samples/s is measured from the end of step `--warmup` to the end of the last step,
@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 STEP_TIMES: dict[int, float] = {}
@@ -56,10 +53,10 @@ def ours(args, cache: Path, out: Path) -> float:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import train
+    from pa_retriever.tasks.train import train
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True, overrides=[
-            f"data.path={args.data}", "data.val_split=null", "mining=naive_topk", f"model.name_or_path={args.model}",
+            "data=local", f"data.path={args.data}", "data.val_split=null", "mining=naive_topk", f"model.name_or_path={args.model}",
             f"teacher.name_or_path={args.model}", f"model.query_max_length={args.max_length}",
             f"model.passage_max_length={args.max_length}", f"datamodule.batch_size={args.batch_size}",
             f"datamodule.num_workers={args.workers}", f"+trainer.max_steps={args.steps}", "trainer.max_epochs=-1",
@@ -75,7 +72,7 @@ def ours(args, cache: Path, out: Path) -> float:
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
         del cfg["hydra"]
-    train.train(cfg)
+    train(cfg)
     # Hydra instantiates StepTimer from the module `bench.train_vs_st`, which is not this `__main__`.
     from bench.train_vs_st import STEP_TIMES as recorded
     return rate(recorded, args.warmup, args.steps, args.batch_size)
@@ -86,13 +83,15 @@ def st_dataset(args, cache: Path):
     from datasets import Dataset
     from hydra import compose, initialize_config_dir
 
-    from src.data.beir import load_split
-    from src.mining import mined_candidates
+    from pa_retriever.data.beir import load_split
+    from pa_retriever.encode.encoder import EncodeSettings
+    from pa_retriever.mining.source import candidate_source
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("mine", overrides=[f"data.path={args.data}", f"teacher.name_or_path={args.model}",
-                                         f"paths.cache_dir={cache}", "encode.progress=false"])
+        cfg = compose("mine", overrides=[f"teacher.name_or_path={args.model}", "encode.progress=false"])
     data = load_split(args.data, "train")
-    c = mined_candidates(cfg, data)["minilm"]
+    source = candidate_source(None, cfg.teacher, cfg.candidates, EncodeSettings.from_config(cfg.encode), cache,
+                              args.data.name)
+    c = source.load(data)["minilm"]
     text = dict(zip(data.query_ids, data.queries))
     rows: dict[str, list] = {k: [] for k in ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 5)]}
     for q, qid in enumerate(c.query_ids):
@@ -109,7 +108,7 @@ def sentence_transformers(args, dataset, out: Path) -> float:
     from transformers import TrainerCallback
 
     from bench.st_common import st_train
-    from src.encode.spec import resolve_model_path
+    from pa_retriever.encode.spec import resolve_model_path
     times: dict[int, float] = {}
 
     class Timer(TrainerCallback):
@@ -126,7 +125,8 @@ def sentence_transformers(args, dataset, out: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR"), required="SCIFACT_DIR" not in os.environ,
+                        help="the BEIR SciFact folder (default: $SCIFACT_DIR)")
     parser.add_argument("--model", default=MINILM)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)

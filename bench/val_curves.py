@@ -1,6 +1,6 @@
 """Validation nDCG@10 per epoch of train.py runs, as one chart and a table (to choose epochs and method on dev).
 
-    python bench/val_curves.py logs/selection_cpu/epochs5/* logs/selection_cpu/epochs8_naive \
+    python -m bench.val_curves logs/selection_cpu/epochs5/* logs/selection_cpu/epochs8_naive \
         --out docs/results/cpu/val_curves.png
 
 Each run dir needs csv/metrics.csv (logger=csv, the default) and .hydra/config.yaml; a run still going is
@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.utils.plots import pyplot, save_figure  # noqa: E402
+from pa_retriever.utils.plots import pyplot, save_figure
 
 
 def curve(run_dir: Path) -> tuple[str, int, list[float]]:

@@ -13,7 +13,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def tiny_overrides(model_dir: Path, tmp_path: Path, groups: tuple[str, ...] = ("model", "teacher")) -> list[str]:

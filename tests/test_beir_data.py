@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from src.data import dataset_dir
-from src.data.beir import DataFormatError, load_split
+from pa_retriever.data import DataSource
+from pa_retriever.data.beir import DataFormatError, load_split
 
 CORPUS = [{"_id": "d1", "title": "Alpha", "text": "first passage"},
           {"_id": "d2", "title": "", "text": "second passage"},
@@ -121,12 +121,7 @@ def test_download_unpacks_a_beir_zip_atomically(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for f in source.rglob("*"):
             z.write(f, Path("mini") / f.relative_to(source))
-    cfg = {"path": str(tmp_path / "cache" / "mini"), "url": archive.as_uri()}
-
-    class Cfg(dict):
-        __getattr__ = dict.get
-
-    folder = dataset_dir(Cfg(cfg))
+    folder = DataSource(tmp_path / "cache" / "mini", archive.as_uri()).root()
     assert load_split(folder, "test").corpus_ids == ["d1", "d2", "d3"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["mini"]  # no temporary leftovers
 

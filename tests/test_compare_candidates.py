@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bench.compare_candidates import compare
-from src.data.candidates import CandidateArrays
-from src.mining.methods import MiningMethod
+from pa_retriever.data.candidates import CandidateArrays
+from pa_retriever.mining.methods import MiningMethod
 
 
 def candidates(neg_scores) -> CandidateArrays:

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from helpers import ROOT
-from src.mining.methods import MiningMethod
-from src.mining.teachers import build_teachers
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.mining.methods import MiningMethod
+from pa_retriever.mining.teachers import build_teachers
 
 CONF = ROOT / "conf"
 
@@ -36,7 +38,7 @@ def test_teacher_configs_build_teachers(teacher, tmp_path):
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("mine", overrides=[f"teacher={teacher}", "teacher.name_or_path=x"] if teacher == "folder"
                       else [f"teacher={teacher}"])
-    teachers = build_teachers(cfg.teacher, cfg.encode, tmp_path, 1000)
+    teachers = build_teachers(cfg.teacher, EncodeSettings.from_config(cfg.encode), tmp_path, 1000)
     assert len(teachers) == (2 if teacher == "small_ensemble" else 4 if teacher == "paper_ensemble" else 1)
 
 
@@ -46,3 +48,50 @@ def test_evaluate_encodes_in_fp32_unless_told_otherwise():
         assert compose("evaluate").encode.precision == "fp32"
         assert compose("evaluate", overrides=["encode.precision=auto"]).encode.precision == "auto"
         assert compose("train").encode.precision == "auto"
+
+
+RECIPE_GROUPS = ("module", "datamodule", "trainer")
+
+
+def test_a_run_that_names_its_data_trains_with_the_documented_defaults():
+    """Naming data= and model= must not inherit the demo's quickstart settings: the recipe is conf/module,
+    conf/datamodule and conf/trainer's defaults, as written there."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["data=local", "data.path=/x", "model=e5", "mining=topk_percpos"])
+    for group in RECIPE_GROUPS:
+        documented = OmegaConf.to_container(OmegaConf.load(CONF / group / "default.yaml"))
+        assert OmegaConf.to_container(cfg[group]) == documented, group
+
+
+def test_the_bare_command_runs_the_demo_quickstart():
+    """`python train.py`: the demo data with the settings it comes with (conf/recipe/demo.yaml)."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train")
+    recipe = OmegaConf.load(CONF / "recipe" / "demo.yaml")
+    assert cfg.data.path.endswith("data/demo") and cfg.model.name == "minilm" and cfg.mining.name == "topk_percpos"
+    assert cfg.datamodule.batch_size == recipe.datamodule.batch_size == 16
+    assert cfg.module.optimizer.lr == recipe.module.optimizer.lr
+
+
+def test_no_config_points_outside_the_checkout():
+    """Data paths are arguments: nothing defaults to a folder beside the repository."""
+    for path in CONF.rglob("*.yaml"):
+        assert "../" not in path.read_text(), path
+
+
+LAYERS = ("utils", "data", "encode", "eval", "mining", "training", "tasks")
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    """Data flows one way: utils < data < encode < eval < mining < training < tasks."""
+    import ast
+    package = ROOT / "src" / "pa_retriever"
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).parts
+        if len(parts) == 1:
+            continue
+        layer = LAYERS.index(parts[0])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pa_retriever."):
+                imported = node.module.split(".")[1]
+                assert LAYERS.index(imported) <= layer, f"{path.relative_to(ROOT)} imports {node.module}"

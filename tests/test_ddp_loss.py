@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from src.training.loss import contrastive_loss
+from pa_retriever.training.loss import contrastive_loss
 
 BATCH, GROUP, DIM = 4, 3, 8  # global batch of 4 queries, each with 1 positive + 2 negatives
 

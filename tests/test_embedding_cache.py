@@ -12,7 +12,7 @@ class _CountingEncoder:
 
 
 def test_embedding_shards_of_another_layout_are_refused_not_misread(tmp_path):
-    from src.encode.embedding_cache import ShardedEmbeddings
+    from pa_retriever.encode.embedding_cache import ShardedEmbeddings
     texts = [str(i) for i in range(7)]
     written = ShardedEmbeddings(tmp_path, 7, shard_size=3)
     written.build(_CountingEncoder(), texts, "passage", progress=False)
@@ -22,7 +22,7 @@ def test_embedding_shards_of_another_layout_are_refused_not_misread(tmp_path):
 
 
 def test_embeddings_that_fp16_cannot_store_are_refused_with_their_rows(tmp_path):
-    from src.encode.embedding_cache import ShardedEmbeddings
+    from pa_retriever.encode.embedding_cache import ShardedEmbeddings
     texts = ["1", "nan", "2", "1e6"]  # NaN, and a value beyond fp16's 65504
     with pytest.raises(ValueError, match=r"passage rows \[1, 3\] \(2 in all\) encode to NaN or overflow fp16"):
         ShardedEmbeddings(tmp_path, 4, shard_size=4).build(_CountingEncoder(), texts, "passage", progress=False)
@@ -30,7 +30,7 @@ def test_embeddings_that_fp16_cannot_store_are_refused_with_their_rows(tmp_path)
 
 
 def test_a_shard_written_meanwhile_by_another_job_is_not_encoded_again(tmp_path):
-    from src.encode.embedding_cache import ShardedEmbeddings
+    from pa_retriever.encode.embedding_cache import ShardedEmbeddings
 
     class Sharing(_CountingEncoder):  # another job sharing the cache writes shard 1 while this one encodes shard 0
         calls = []
@@ -49,7 +49,7 @@ def test_a_shard_written_meanwhile_by_another_job_is_not_encoded_again(tmp_path)
 
 
 def test_search_returns_no_row_for_a_nan_query_in_any_shard():
-    from src.encode.search import exact_search
+    from pa_retriever.encode.search import exact_search
     queries = np.array([[1, 0], [np.nan, np.nan]], np.float32)
     for backend in ("faiss", "torch"):
         scores, idx = exact_search(queries, [np.eye(2, dtype=np.float16)] * 2, 3, backend)
@@ -59,14 +59,14 @@ def test_search_returns_no_row_for_a_nan_query_in_any_shard():
 def test_teacher_cache_key_holds_the_resolved_precision_not_auto():
     """Machines sharing a cache that differ in bf16 support must not share shards."""
     import torch
-    from omegaconf import OmegaConf
 
-    from src.encode.encoder import resolve_dtype
-    from src.mining.teachers import DenseTeacher
+    from pa_retriever.encode.encoder import EncodeSettings, resolve_dtype
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.mining.teachers import DenseTeacher
 
     def key(precision):
-        encode = OmegaConf.create({"precision": precision, "device": "cpu"})
-        return DenseTeacher("t", {"name_or_path": "some/model"}, encode, "/unused", 100).fingerprint()["precision"]
+        settings = EncodeSettings(precision=precision, device="cpu")
+        return DenseTeacher("t", EncoderSpec("some/model"), settings, "/unused", 100).fingerprint()["precision"]
 
     native = resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
     assert key("auto") == ("bf16" if native else "fp32")
@@ -77,8 +77,8 @@ def test_auto_precision_counts_only_native_bf16_on_the_hardware_that_runs(monkey
     """Pre-Ampere GPUs only emulate bf16 (slower than fp32); a CPU trainer on a GPU machine asks the CPU."""
     import torch
 
-    from src.encode import encoder
-    from src.training.module import training_precision
+    from pa_retriever.encode import encoder
+    from pa_retriever.training.module import training_precision
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(encoder, "cpu_has_native_bf16", lambda: False)

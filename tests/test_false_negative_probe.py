@@ -1,11 +1,10 @@
 """The false-negative probe: held-out positives and listed false negatives, counted per mining method."""
 
-import numpy as np
 import pytest
 
-from src.data.beir import DataFormatError, read_false_negatives
-from src.mining.methods import MiningMethod
-from src.mining.probe import false_negative_picks, false_negative_report, hold_out_positives, \
+from pa_retriever.data.beir import DataFormatError, read_false_negatives
+from pa_retriever.mining.methods import MiningMethod
+from pa_retriever.mining.probe import false_negative_picks, false_negative_report, hold_out_positives, \
     listed_false_negatives
 from test_mining_methods import SCORES, candidates
 

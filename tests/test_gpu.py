@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_gpu_search_equals_cpu_search():
     """Same top-k on the GPU (torch) as on the CPU (faiss, else torch), from fp16 shards, scores in fp32."""
-    from src.encode.search import exact_search, faiss_available
+    from pa_retriever.encode.search import exact_search, faiss_available
     rng = np.random.default_rng(0)
     queries = F.normalize(torch.from_numpy(rng.standard_normal((300, 64), dtype=np.float32)), dim=1).numpy()
     corpus = F.normalize(torch.from_numpy(rng.standard_normal((30_000, 64), dtype=np.float32)), dim=1).numpy()
@@ -47,13 +47,14 @@ def test_one_training_step_on_gpu_in_bf16_equals_the_cpu_step_in_fp32(tiny_bert_
     step within bf16's precision (dropout off: the two devices draw different masks)."""
     import copy
 
-    from src.encode.tokenizer import PromptTokenizer
-    from src.training.loss import contrastive_loss
-    from src.training.module import BiEncoderModule
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.encode.tokenizer import PromptTokenizer
+    from pa_retriever.training.loss import contrastive_loss
+    from pa_retriever.training.module import BiEncoderModule
     model_cfg = {"name_or_path": str(tiny_bert_dir), "query_max_length": 32, "passage_max_length": 64}
-    module = BiEncoderModule(model_cfg, torch.optim.AdamW, config_overrides={"hidden_dropout_prob": 0.0,
-                                                                             "attention_probs_dropout_prob": 0.0})
-    tokenizer: PromptTokenizer = module.encoder.tokenizer
+    module = BiEncoderModule(EncoderSpec.from_config(model_cfg), torch.optim.AdamW,
+                             config_overrides={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    tokenizer: PromptTokenizer = module.towers.query.tokenizer
     queries = ["why does magma rise", "how is bread made", "what causes tides", "who built rome"]
     passages = [f"passage {i} about {topic}" for topic in ("magma", "bread", "tides", "rome") for i in range(3)]
     batch = {"queries": tokenizer.pad(tokenizer(queries, "query"), "query"),
@@ -65,7 +66,7 @@ def test_one_training_step_on_gpu_in_bf16_equals_the_cpu_step_in_fp32(tiny_bert_
         moved = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v.to(device))
                  for k, v in batch.items()}
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = contrastive_loss(model.encoder(**moved["queries"]), model.encoder(**moved["passages"]),
+            loss, _ = contrastive_loss(model.towers.query(**moved["queries"]), model.towers.query(**moved["passages"]),
                                        moved["passage_idx"], moved["positive_idx"], temperature=0.05)
         loss.backward()
         return loss.item(), {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.grad is not None}
@@ -86,7 +87,7 @@ def test_dropout_masks_on_the_gpu_follow_the_batch_count_not_the_history():
     masks an unbroken one drew, whatever was drawn before."""
     from types import SimpleNamespace
 
-    from src.training.module import BiEncoderModule
+    from pa_retriever.training.module import BiEncoderModule
 
     class Stub:  # what on_train_batch_start reads of a module and its trainer
         hparams = SimpleNamespace(seed=7)
@@ -109,18 +110,18 @@ def test_dropout_masks_on_the_gpu_follow_the_batch_count_not_the_history():
 def test_gpu_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_bert_dir, tmp_path):
     """bf16 on the GPU, dropout on, deterministic kernels: a crash inside epoch 1, then a resume from its
     checkpoint, ends with exactly the weights of an unbroken run."""
-    import train
+    from pa_retriever.tasks.train import train
     common = tiny_overrides(tiny_bert_dir, tmp_path) + [
         "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
         "test_after_training=false", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
         "+trainer.deterministic=true", "mining=sampled_topk", "datamodule.num_workers=2",
         "module.config_overrides={attn_implementation: eager}"]  # SDPA's fused backward is not deterministic
-    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    train(compose_cfg("train", common, tmp_path / "straight"))
     crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
                          "+callbacks.crash.batch=1", "+callbacks.crash.inside_step=true"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train.train(compose_cfg("train", crashing, tmp_path / "first"))
-    train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+        train(compose_cfg("train", crashing, tmp_path / "first"))
+    train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                             tmp_path / "resumed"))
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -130,8 +131,8 @@ def test_gpu_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_bert_dir, t
 
 def test_quickstart_pipeline_runs_on_the_gpu(tiny_bert_dir, tmp_path):
     """Mining, bf16 training with loader workers and pinned memory, export and evaluation, all on the GPU."""
-    import train
-    metrics = train.train(compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + [
+    from pa_retriever.tasks.train import train
+    metrics = train(compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + [
         "debug=limit", "trainer.accelerator=gpu", "datamodule.num_workers=2", "encode.precision=auto"],
         tmp_path / "run"))
     assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}

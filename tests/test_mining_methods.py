@@ -6,8 +6,8 @@ Scores are dyadic fractions (exact in float32), so "exactly at the bound" is exa
 import numpy as np
 import pytest
 
-from src.data.candidates import CandidateArrays
-from src.mining.methods import MiningMethod, select_negatives
+from pa_retriever.data.candidates import CandidateArrays
+from pa_retriever.mining.methods import MiningMethod, select_negatives
 
 # Candidate scores best first; the positive scores 0.5. Corpus rows of candidates are 10 + rank.
 SCORES = [0.625, 0.5, 0.375, 0.25, 0.1875, 0.125, 0.0625, 0.03125]
@@ -171,7 +171,7 @@ def test_intra_sample_gives_exactly_num_negatives_when_teachers_do_not_divide_it
 
 
 def test_ensemble_margins_are_taken_within_each_teacher():
-    from src.mining.stats import method_stats
+    from pa_retriever.mining.stats import method_stats
     a = candidates()  # cosine-like: positive 0.5, best candidate 0.625
     b = candidates(pos=((32.0,),), scores=([24.0, 16.0],))  # BM25-like: positive 32
     b.neg_idx[0, :2] = [50, 51]
@@ -186,7 +186,7 @@ def test_ensemble_margins_are_taken_within_each_teacher():
 
 
 def test_cross_sample_statistics_count_each_querys_positive_under_its_own_teacher_only():
-    from src.mining.stats import method_stats
+    from pa_retriever.mining.stats import method_stats
     a, b = two_teachers()
     for seed in range(6):
         stats = method_stats([a, b], MiningMethod("cross", 2, ensemble="cross_sample"), seed=seed)
@@ -236,12 +236,12 @@ class SearchRoundsDifferently:
 
 
 def test_a_copy_of_the_positive_is_scored_like_it_and_removed_at_the_bound():
-    from src.data.beir import LoadReport, RetrievalData
-    from src.mining.miner import MinerSettings, score_candidates
+    from pa_retriever.data.beir import LoadReport, RetrievalData
+    from pa_retriever.mining.miner import CandidateSettings, score_candidates
     # p1 is a copy of q0's positive p0: the same score, which a filter bound set at the positive must remove.
     scores = np.array([[0.75, 0.75, 0.5, 0.25, 0.125, 0.0625]])
     data = RetrievalData([f"p{i}" for i in range(6)], [""] * 6, ["q0"], [""], {"q0": {"p0": 1}}, LoadReport("t"))
-    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=3, tail=2))
+    c = score_candidates(data, SearchRoundsDifferently(scores), CandidateSettings(depth=3, tail=2))
     assert c.neg_idx.tolist() == [[1, 2, 3]] and c.neg_scores.tolist() == [[0.75, 0.5, 0.25]]
     assert c.pos_scores.tolist() == [[0.75]] and c.tail_scores.tolist() == [[0.0625, -np.inf]]
     for method in (MiningMethod("marginpos", 2, filter="marginpos", margin=0.0),
@@ -251,33 +251,33 @@ def test_a_copy_of_the_positive_is_scored_like_it_and_removed_at_the_bound():
 
 @pytest.mark.parametrize("ignore", [True, False])
 def test_the_passage_with_the_query_id_is_offered_only_when_asked(ignore):
-    from src.data.beir import LoadReport, RetrievalData
-    from src.mining.miner import MinerSettings, score_candidates
+    from pa_retriever.data.beir import LoadReport, RetrievalData
+    from pa_retriever.mining.miner import CandidateSettings, score_candidates
     # Passage "q0" is the query itself in a corpus that holds its queries (ArguAna); elsewhere ids only collide.
     ids = ["p0", "q0", "p2", "p3"]
     data = RetrievalData(ids, [""] * 4, ["q0"], [""], {"q0": {"p0": 1}}, LoadReport("t"))
     scores = np.array([[0.9, 0.8, 0.5, 0.25]])
-    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=3, tail=1,
+    c = score_candidates(data, SearchRoundsDifferently(scores), CandidateSettings(depth=3, tail=1,
                                                                               ignore_identical_ids=ignore))
     offered = set(c.neg_idx[0].tolist()) | set(c.tail_idx[0].tolist())
     assert (1 in offered) != ignore and {2, 3} <= offered
 
 
 def test_queries_of_one_text_are_mined_as_one_with_all_their_positives():
-    from src.data.beir import LoadReport, RetrievalData
-    from src.mining.miner import MinerSettings, score_candidates
+    from pa_retriever.data.beir import LoadReport, RetrievalData
+    from pa_retriever.mining.miner import CandidateSettings, score_candidates
     # SciFact's train split has this: claims 89 and 90 read the same; 89 cites p0 and p1, 90 cites p1 only.
     ids = ["p0", "p1", "p2", "p3", "p4"]
     data = RetrievalData(ids, [""] * 5, ["q89", "q90", "q7"], ["same claim", "same claim", "other"],
                          {"q89": {"p0": 1, "p1": 1}, "q90": {"p1": 1}, "q7": {"p4": 1}}, LoadReport("t"))
     scores = np.array([[0.9, 0.8, 0.5, 0.25, 0.1], [0.1, 0.2, 0.3, 0.4, 0.9]])  # one row per query mined
-    c = score_candidates(data, SearchRoundsDifferently(scores), MinerSettings(depth=2, tail=1))
+    c = score_candidates(data, SearchRoundsDifferently(scores), CandidateSettings(depth=2, tail=1))
     assert c.query_ids == ["q89", "q7"]  # q90 is q89: its positive p0 can never be its negative
     assert c.pos_idx.tolist() == [[0, 1], [4, -1]] and c.neg_idx[0].tolist() == [2, 3]
 
 
 def test_cross_sample_keeps_each_querys_teacher_for_the_whole_run():
-    from src.training.data import ContrastiveDataset
+    from pa_retriever.training.sampling import ContrastiveDataset
     a, b = two_teachers()
     method = MiningMethod("cross", 2, ensemble="cross_sample")
     for seed in range(20):  # the paper mines once: a query's teacher must not change with the epoch

@@ -10,7 +10,6 @@ against sentence-transformers.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,12 +20,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from transformers import AutoModel, AutoTokenizer
 
-from src.encode.encoder import TextEncoder
-from src.encode.spec import EncoderSpec
+from pa_retriever.encode.encoder import TextEncoder
+from pa_retriever.encode.spec import EncoderSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 E5_MISTRAL_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 NV_EMBED_TASK = "Given a question, retrieve passages that answer the question"
@@ -385,7 +383,7 @@ def test_a_folder_with_a_module_we_do_not_reproduce_is_refused(tiny_bert_dir, tm
     ({"config.json": {"max_position_embeddings": -1}}, None),
 ])
 def test_max_length_is_resolved_as_sentence_transformers_does(tmp_path, files, expected):
-    from src.encode.spec import transformer_max_length
+    from pa_retriever.encode.st_folder import transformer_max_length
     for name, content in files.items():
         (tmp_path / name).write_text(json.dumps(content))
     assert transformer_max_length(tmp_path) == expected
@@ -395,7 +393,7 @@ def test_max_length_is_resolved_as_sentence_transformers_does(tmp_path, files, e
 
 def test_small_models_keep_fp32_weights_and_autocast_large_ones_load_in_the_compute_dtype(tiny_bert_dir,
                                                                                          monkeypatch):
-    import src.encode.encoder as encoder_module
+    import pa_retriever.encode.encoder as encoder_module
 
     spec = EncoderSpec.from_config({"name_or_path": str(tiny_bert_dir)})
     texts = ["a short query", "a longer passage about something else entirely"]

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from helpers import compose_cfg, run_script, tiny_overrides
-from src.data import load_data
-from src.data.candidates import load_candidates, read_manifest
-from src.encode.encoder import encode_precision
-from src.mining import teacher_free_candidates
+from pa_retriever.data import DataSource
+from pa_retriever.data.candidates import load_candidates, read_manifest
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.mining.source import NoTeacher
+from pa_retriever.tasks.mine import mine
+from pa_retriever.tasks.train import train
 
 METRICS = ["ndcg@10", "recall@100", "mrr@10", "map@100"]
 
@@ -22,10 +24,9 @@ def tiny(tiny_bert_dir, tmp_path):
 
 
 def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tiny_bert_dir, tmp_path):
-    import mine
     tiny = tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))
-    cfg = compose_cfg("mine", tiny + ["miner.depth=20", "miner.tail=8", "miner.shard_size=64"], tmp_path / "run")
-    report = mine.mine(cfg)
+    cfg = compose_cfg("mine", tiny + ["candidates.depth=20", "candidates.tail=8", "candidates.shard_size=64"], tmp_path / "run")
+    report = mine(cfg)
     assert {r["method"] for r in report["methods"]["minilm"]} >= {"naive_topk", "topk_percpos", "random"}
     assert (tmp_path / "run" / "scores_minilm.png").is_file() and (tmp_path / "run" / "mining_stats.json").is_file()
 
@@ -38,8 +39,8 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
     assert list(table) == ["query_id", "pos_ids", "pos_scores", "neg_ids", "neg_scores", "tail_ids", "tail_scores"]
 
     # Brute force over the very embeddings the miner cached: every score, sort, drop positives, first 20.
-    data = load_data(cfg.data, "train")
-    mined, free = load_candidates(folder, data.passage_index), teacher_free_candidates(data)["no teacher"]
+    data = DataSource.from_config(cfg.data).load("train")
+    mined, free = load_candidates(folder, data.passage_index), NoTeacher().load(data)["no teacher"]
     assert free.query_ids == mined.query_ids and np.array_equal(free.pos_idx, mined.pos_idx)  # baselines: same pairs
     emb_root = tmp_path / "cache" / "embeddings"
     passages = np.concatenate([np.load(p) for p in sorted(emb_root.glob("*/passage-*/shard-*.npy"))]).astype(np.float32)
@@ -61,10 +62,9 @@ def test_mine_stores_every_trainable_query_and_naive_topk_equals_brute_force(tin
 
 def test_mine_counts_the_false_negatives_each_method_would_train_on(tiny_bert_dir, tmp_path):
     """The demo lists 9 false negatives of train queries and has one train query with two positives (held out)."""
-    import mine
-    cfg = compose_cfg("mine", tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",)) + ["miner.depth=20"],
+    cfg = compose_cfg("mine", tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",)) + ["candidates.depth=20"],
                       tmp_path / "run")
-    probe = mine.mine(cfg)["false_negatives"]["minilm"]
+    probe = mine(cfg)["false_negatives"]["minilm"]
     picks = {source: {p["method"]: p for p in rows} for source, rows in probe.items()}
     assert picks["listed false negatives"]["naive_topk"]["queries"] == 9
     assert picks["held-out positives"]["naive_topk"]["queries"] == 1
@@ -75,10 +75,9 @@ def test_mine_counts_the_false_negatives_each_method_would_train_on(tiny_bert_di
 
 
 def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
-    import train
     cfg = compose_cfg("train", tiny + ["debug=fdr", "module.config_overrides={attention_probs_dropout_prob: 0.0}",
                                        "data.split=dev+test"], tmp_path / "run")  # a joined split is scored too
-    metrics = train.train(cfg)
+    metrics = train(cfg)
     run = tmp_path / "run"
     assert sorted(json.loads((run / "metrics.json").read_text())) == sorted(METRICS)
     assert set(metrics) == set(METRICS)
@@ -87,28 +86,29 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
     assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
-    assert summary["metrics_precision"] == encode_precision(cfg.encode)  # auto, resolved: said, not assumed
+    assert summary["metrics_precision"] == EncodeSettings.from_config(cfg.encode).precision_name()  # said, resolved
 
 
 def test_a_student_that_cannot_be_exported_is_refused_before_training(tiny_nv_embed_dir, tmp_path):
-    import train
     cfg = compose_cfg("train", tiny_overrides(tiny_nv_embed_dir, tmp_path, groups=()) + [
         "model=nv_embed", f"model.name_or_path={tiny_nv_embed_dir}"], tmp_path / "run")
     with pytest.raises(ValueError, match="cannot be exported"):
-        train.train(cfg)
+        train(cfg)
     assert not (tmp_path / "cache").exists()  # refused before mining, let alone training
 
 
-def test_an_ensemble_method_needs_an_ensemble_teacher(tiny, tmp_path):
-    import train
-    with pytest.raises(ValueError, match="mining=cross_sample combines teachers, and minilm is one"):
-        train.train(compose_cfg("train", tiny + ["debug=fdr", "mining=cross_sample"], tmp_path / "run"))
+def test_an_ensemble_method_needs_an_ensemble_teacher(tiny, tiny_bert_dir, tmp_path):
+    with pytest.raises(ValueError, match="mining=cross_sample combines teachers, and teacher=minilm is one"):
+        train(compose_cfg("train", tiny + ["debug=fdr", "mining=cross_sample"], tmp_path / "run"))
+    with pytest.raises(ValueError, match="teacher=small_ensemble has 2 members, and mining=topk_percpos reads one"):
+        train(compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path, groups=("model",)) + [
+            "debug=fdr", "teacher=small_ensemble"], tmp_path / "run"))
+    assert not (tmp_path / "cache").exists()  # refused before any teacher mined
 
 
 @pytest.mark.parametrize("method", ["none", "random"])
 def test_a_method_that_reads_no_teacher_score_trains_without_mining(tiny, tmp_path, method):
-    import train
-    train.train(compose_cfg("train", tiny + ["debug=fdr", f"mining={method}"], tmp_path / "run"))
+    train(compose_cfg("train", tiny + ["debug=fdr", f"mining={method}"], tmp_path / "run"))
     run = tmp_path / "run"
     assert not (tmp_path / "cache" / "candidates").exists()  # the teacher never ran
     summary = json.loads((run / "summary.json").read_text())
@@ -129,16 +129,16 @@ def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):
 
 def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir, tmp_path):
     """The exported folder encodes identically in sentence-transformers and in our encoder (prompts included)."""
-    import train
     from sentence_transformers import SentenceTransformer
 
-    from src.encode.encoder import load_encoder
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.encode.towers import Towers
     cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["debug=fdr", "model=e5",
                                                                           f"model.name_or_path={tiny_bert_dir}"],
                       tmp_path / "run")
-    train.train(cfg)
+    train(cfg)
     folder = tmp_path / "run" / "model"
-    ours = load_encoder({"name_or_path": str(folder)}, cfg.encode)
+    ours = Towers.load(EncoderSpec.from_folder(folder), EncodeSettings.from_config(cfg.encode))
     assert ours.spec.query_prefix == "query: " and ours.spec.passage_prefix == "passage: "
     assert ours.spec.query_max_length == 32 and ours.spec.passage_max_length == 64
     st = SentenceTransformer(str(folder), device="cpu")
@@ -153,16 +153,15 @@ def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
     """Two epochs straight vs one epoch, then resume from its checkpoint: same weights at the end."""
-    import train
     common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
                      "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
                      "mining=sampled_topk"]
-    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    train(compose_cfg("train", common, tmp_path / "straight"))
     interrupted = common + ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
-    train.train(compose_cfg("train", interrupted, tmp_path / "first"))
+    train(compose_cfg("train", interrupted, tmp_path / "first"))
     resumed = compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                           tmp_path / "resumed")
-    train.train(resumed)
+    train(resumed)
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name, value in straight.items():
@@ -176,18 +175,17 @@ def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path, insi
     """A crash inside an epoch (between steps, or inside one after its forward drew dropout masks), then resume
     from the checkpoint it left: the epoch's remaining batches, not its first ones again, with the same masks,
     so the weights end where an unbroken run's do; also with loader workers and validation every epoch."""
-    import train
     common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
                      "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
                      "mining=sampled_topk", f"datamodule.num_workers={workers}"]
     if workers:  # a third epoch: a draw made by the resumed run's first validation would show in its masks
         common += ["data.val_split=dev", "+trainer.limit_val_batches=2", "trainer.max_epochs=3"]
-    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    train(compose_cfg("train", common, tmp_path / "straight"))
     crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
                          "+callbacks.crash.batch=1", f"+callbacks.crash.inside_step={inside_step}"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train.train(compose_cfg("train", crashing, tmp_path / "first"))
-    train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+        train(compose_cfg("train", crashing, tmp_path / "first"))
+    train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                             tmp_path / "resumed"))
     straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -198,15 +196,14 @@ def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path, insi
 def test_resumed_run_keeps_the_best_epoch_from_before_the_interruption(tiny, tmp_path):
     """Epoch 0 validates best; the run stops after it and resumes in a new run dir: epoch 1 must not become the
     best (and exported) model only because the best score so far was forgotten."""
-    import train
     from safetensors.torch import load_file
     common = tiny + ["trainer.max_epochs=2", "+trainer.limit_train_batches=2", "validate_before_training=false",
                      "test_after_training=false", "trainer.accelerator=cpu", "trainer.precision=32-true",
                      "+callbacks.worse._target_=helpers.WorseAtEpoch", "+callbacks.worse.epoch=1"]
-    train.train(compose_cfg("train", common, tmp_path / "straight"))
+    train(compose_cfg("train", common, tmp_path / "straight"))
     stopped = common + ["+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0"]
-    train.train(compose_cfg("train", stopped, tmp_path / "first"))
-    train.train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+    train(compose_cfg("train", stopped, tmp_path / "first"))
+    train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                             tmp_path / "resumed"))
     assert [p.name[:7] for p in (tmp_path / "first" / "checkpoints").glob("epoch*")] == ["epoch00"]
     exported = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "resumed")]
@@ -221,17 +218,17 @@ def _last_loss(run):
 
 
 def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
-    import train
     from sentence_transformers import SentenceTransformer
 
-    from src.encode.encoder import DualEncoder, load_encoder
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.encode.towers import Towers
     cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + [
         "debug=limit", "module.shared_weights=false", "module.optimizer.lr=1e-3", "validate_before_training=false"],
         tmp_path / "run")
-    metrics = train.train(cfg)
+    metrics = train(cfg)
     folder = tmp_path / "run" / "model"
-    encoder = load_encoder({"name_or_path": str(folder)}, cfg.encode)
-    assert isinstance(encoder, DualEncoder) and set(metrics) == set(METRICS)
+    encoder = Towers.load(EncoderSpec.from_folder(folder), EncodeSettings.from_config(cfg.encode))
+    assert encoder.passage is not None and set(metrics) == set(METRICS)
     texts = ["volcanoes and plates", "a passage about how bread rises in the oven"]
     as_query, as_passage = encoder.encode(texts, "query", progress=False), encoder.encode(texts, "passage", progress=False)
     assert np.abs(as_query - as_passage).max() > 1e-3  # the towers were trained apart
@@ -241,31 +238,29 @@ def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
     # Trained on from that folder, each tower starts from its own weights; sharing one would lose the other.
     from safetensors.torch import load_file
 
-    from src.training.module import BiEncoderModule
-    again = BiEncoderModule({"name_or_path": str(folder)}, torch.optim.AdamW, shared_weights=False)
-    for tower, saved in ((again.encoder, folder), (again.passage_encoder, folder / "passage_encoder")):
+    again = Towers.for_training(EncoderSpec.from_folder(folder), shared_weights=False)
+    for tower, saved in ((again.query, folder), (again.passage, folder / "passage_encoder")):
         weights = tower.model.state_dict()
         for name, value in load_file(saved / "model.safetensors").items():
             torch.testing.assert_close(weights[name], value, msg=name)
     with pytest.raises(ValueError, match="has its own passage tower"):
-        BiEncoderModule({"name_or_path": str(folder)}, torch.optim.AdamW, shared_weights=True)
+        Towers.for_training(EncoderSpec.from_folder(folder), shared_weights=True)
 
 
 def test_a_teacher_retrained_in_place_is_mined_again(tiny_bert_dir, tmp_path):
     """A round-one model overwritten by a new round one must not be served the old model's cached candidates."""
     import shutil
 
-    import mine
     from transformers import AutoModel
     folder = tmp_path / "round1"
     shutil.copytree(tiny_bert_dir, folder)
-    overrides = tiny_overrides(folder, tmp_path, groups=("teacher",)) + ["miner.depth=10", "miner.tail=4"]
-    mine.mine(compose_cfg("mine", overrides, tmp_path / "run1"))
+    overrides = tiny_overrides(folder, tmp_path, groups=("teacher",)) + ["candidates.depth=10", "candidates.tail=4"]
+    mine(compose_cfg("mine", overrides, tmp_path / "run1"))
     model = AutoModel.from_pretrained(folder)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5)
     model.save_pretrained(folder)  # retrained, same place
-    mine.mine(compose_cfg("mine", overrides, tmp_path / "run2"))
+    mine(compose_cfg("mine", overrides, tmp_path / "run2"))
     assert len(list((tmp_path / "cache" / "candidates").glob("demo-train/minilm-*"))) == 2
     assert len(list((tmp_path / "cache" / "embeddings").glob("*"))) == 2

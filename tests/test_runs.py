@@ -60,7 +60,7 @@ def test_ddp_run_resumed_matches_an_unbroken_one_on_every_process(tiny_bert_dir,
 
 
 def test_two_process_mining_equals_one_process(tiny_bert_dir, tmp_path):
-    args = ["miner.shard_size=40", "miner.depth=30", *tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))]
+    args = ["candidates.shard_size=40", "candidates.depth=30", *tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))]
     run_script("mine.py", args + [f"hydra.run.dir={tmp_path / 'single'}"])
     single = candidates_files(tmp_path / "cache")[0].read_bytes()
     distributed = [f"paths.cache_dir={tmp_path / 'cache2'}", f"hydra.run.dir={tmp_path / 'dist'}"]
@@ -75,7 +75,7 @@ def test_two_process_mining_equals_one_process(tiny_bert_dir, tmp_path):
 
 def test_mining_killed_mid_way_resumes_to_the_identical_file(minilm_path, tmp_path):
     """kill -9 after a few embedding shards, run again: the same candidates, byte for byte."""
-    args = ["miner.shard_size=20", "encode.progress=false", "encode.precision=fp32", "logger=csv"]
+    args = ["candidates.shard_size=20", "encode.progress=false", "encode.precision=fp32", "logger=csv"]
     run_script("mine.py", args + [f"paths.cache_dir={tmp_path / 'clean'}", f"hydra.run.dir={tmp_path / 'a'}"])
     cache = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "mine.py"), *args, f"paths.cache_dir={cache}",
@@ -89,7 +89,7 @@ def test_mining_killed_mid_way_resumes_to_the_identical_file(minilm_path, tmp_pa
     done = len(list(cache.glob("embeddings/*/passage-*/shard-*.npy")))
     assert 3 <= done < 15, "kill -9 should land while the corpus is being encoded"
     assert not candidates_files(cache)
-    log = run_script("mine.py", args + [f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'c'}"])
+    run_script("mine.py", args + [f"paths.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'c'}"])
     assert candidates_files(cache)[0].read_bytes() == candidates_files(tmp_path / "clean")[0].read_bytes()
     assert not list(cache.rglob("*.tmp"))
 
@@ -105,6 +105,6 @@ def test_wandb_logger_works_offline_without_an_account(tiny_bert_dir, tmp_path):
     assert {p.stem.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "mining").glob("*.png")} == {
         "scores", "margins"}  # the mining plots
     records = next(runs[0].glob("*.wandb")).read_bytes()  # protobuf records: metric keys are plain strings
-    for key in ("train/loss", "val/ndcg@10", "mining/removed_share", "lr-AdamW/pg1", "model_cfg"):
+    for key in ("train/loss", "val/ndcg@10", "mining/removed_share", "lr-AdamW/pg1", "spec"):
         assert key.encode() in records, key
 

@@ -5,7 +5,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from helpers import compose_cfg, tiny_overrides
-from src.training.data import EpochSampler
+from pa_retriever.training.sampling import EpochSampler
 
 
 def test_ranks_partition_an_epoch_and_epochs_reshuffle():
@@ -23,17 +23,9 @@ def test_ranks_partition_an_epoch_and_epochs_reshuffle():
 
 @pytest.fixture
 def datamodule(tiny_bert_dir, tmp_path):
-    import train  # noqa: F401  (sets PROJECT_ROOT like the entry point)
-    import functools
-
-    import hydra
-
-    from src.mining import mined_candidates
-    from src.mining.methods import MiningMethod
+    from pa_retriever.tasks.train import build
     cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["mining=sampled_topk"], tmp_path / "run")
-    dm = hydra.utils.instantiate(cfg.datamodule, data_cfg=cfg.data, model_cfg=cfg.model,
-                                 method=MiningMethod.from_config(cfg.mining),
-                                 candidates_fn=functools.partial(mined_candidates, cfg))
+    dm = build(cfg).datamodule
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -51,7 +43,7 @@ def test_negatives_are_the_same_in_workers_and_rotate_by_epoch(datamodule):
 
 
 def test_every_pair_is_trained_and_no_negative_is_a_positive(datamodule):
-    from src.mining.stats import method_stats
+    from pa_retriever.mining.stats import method_stats
     dataset = datamodule.train_set
     assert len(dataset) == 61  # every (query, positive) pair of the demo train split
     short_queries = set()
@@ -64,7 +56,7 @@ def test_every_pair_is_trained_and_no_negative_is_a_positive(datamodule):
         if len(negatives) < 4:
             short_queries.add(int(dataset.pairs[i][0]))
     # A query short of negatives still trains (empty slots are masked), and the shortfall is counted.
-    stats = method_stats(list(datamodule.candidates.values()), datamodule.method)
+    stats = method_stats(list(datamodule.source.load(datamodule.train).values()), datamodule.method)
     assert stats.queries_short == len(short_queries)
 
 
@@ -92,9 +84,11 @@ def test_sampler_resumed_mid_epoch_continues_that_epoch_then_runs_whole_ones():
 def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
     from types import SimpleNamespace
 
-    from src.mining.methods import MiningMethod
-    from src.training.datamodule import RetrievalDataModule
-    module = RetrievalDataModule({}, {"name_or_path": "unused"}, MiningMethod("naive_topk"), candidates_fn=None,
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.mining.methods import MiningMethod
+    from pa_retriever.mining.source import NoTeacher
+    from pa_retriever.training.datamodule import RetrievalDataModule
+    module = RetrievalDataModule(None, NoTeacher(), EncoderSpec("unused"), MiningMethod("none", num_negatives=0),
                                  batch_size=16)
     module.trainer = SimpleNamespace(global_rank=0, world_size=1, accumulate_grad_batches=1)
     module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1})
@@ -107,8 +101,8 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
 
 def test_every_process_gets_a_validation_batch_and_every_row_is_encoded():
     """A process without a validation batch leaves the others waiting in the gather of the results."""
-    from src.encode.tokenizer import TokenStore
-    from src.training.data import encode_batches
+    from pa_retriever.encode.tokenizer import TokenStore
+    from pa_retriever.training.sampling import encode_batches
     stores = {"query": TokenStore.from_lists([[1, 2]] * 3), "passage": TokenStore.from_lists([[1, 2, 3]] * 5)}
     budget = {"query": 100, "passage": 100}  # one batch of each kind
     for world in (1, 2, 8, 9, 11):

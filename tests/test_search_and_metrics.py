@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from src.data.beir import LoadReport, RetrievalData
-from src.encode.search import exact_search
-from src.eval.metrics import per_query_metrics
-from src.eval.retrieval import evaluate_embeddings
+from pa_retriever.data.beir import LoadReport, RetrievalData
+from pa_retriever.encode.search import exact_search
+from pa_retriever.eval.metrics import per_query_metrics
+from pa_retriever.eval.retrieval import evaluate_embeddings
 
 
 def random_unit(rng, n, d=16):
@@ -102,11 +102,11 @@ def test_validation_scores_only_what_it_encoded_and_says_so():
     """limit_val_batches / fast_dev_run encode part of dev: rows left at zero would tie with every passage."""
     from types import SimpleNamespace
 
-    from src.training.module import BiEncoderModule
+    from pa_retriever.training.module import BiEncoderModule
     data = RetrievalData(["p0", "p1", "p2"], [""] * 3, ["q0", "q1"], [""] * 2,
                          {"q0": {"p1": 1}, "q1": {"p2": 1}}, LoadReport("test"))
     logged = {}
-    fake = SimpleNamespace(trainer=SimpleNamespace(datamodule=SimpleNamespace(val_data=data)),
+    fake = SimpleNamespace(val_data=data,
                            hparams=SimpleNamespace(val_k=10, search_backend="torch"),
                            log=lambda name, value, **_: logged.__setitem__(name, value),
                            _val_parts=[("query", np.array([0]), np.array([[1.0, 0.0]], np.float32)),

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.encode.encoder import TextEncoder
-from src.encode.spec import EncoderSpec
-from src.encode.tokenizer import PromptTokenizer, TokenStore, tokenize_ahead, tokenize_all
+from pa_retriever.encode.encoder import TextEncoder
+from pa_retriever.encode.spec import EncoderSpec
+from pa_retriever.encode.tokenizer import PromptTokenizer, TokenStore, tokenize_ahead, tokenize_all
 
 TEXTS = ["volcano", "why does magma form under the crust", "", "lava " * 300, "a b c d e f", "Rome"] * 7
 

@@ -1,0 +1,121 @@
+"""The mined-candidates store: per (dataset, split, teacher), a parquet file of teacher scores and a manifest.
+
+candidates.parquet has one row per training query with at least one positive:
+    query_id, pos_ids, pos_scores          the judged positives and their teacher scores
+    neg_ids, neg_scores                    the teacher's top-K other passages, best first
+    tail_ids, tail_scores                  a random sample of passages ranked below the top-K, best first:
+                                           the fill source when a filter leaves too few candidates
+The manifest is written last, so a folder without one is incomplete and is mined again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pa_retriever.data.beir import DataFormatError
+from pa_retriever.utils.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_FILE, MANIFEST_FILE = "candidates.parquet", "manifest.json"
+LIST_COLUMNS = ("pos", "neg", "tail")
+SCHEMA = pa.schema([("query_id", pa.string())] + [
+    field for name in LIST_COLUMNS
+    for field in ((f"{name}_ids", pa.list_(pa.string())), (f"{name}_scores", pa.list_(pa.float32())))])
+
+
+@dataclass
+class CandidateArrays:
+    """The store in memory: padded arrays of corpus row indices (-1 = none) and teacher scores, one row per
+    query. This is what the mining methods read."""
+
+    query_ids: list[str]
+    pos_idx: np.ndarray  # [queries, P] int64
+    pos_scores: np.ndarray  # [queries, P] float32 (nan where pos_idx is -1)
+    neg_idx: np.ndarray  # [queries, K] best first
+    neg_scores: np.ndarray  # [queries, K] (-inf where neg_idx is -1)
+    tail_idx: np.ndarray  # [queries, T] best first
+    tail_scores: np.ndarray
+    n_passages: int
+    manifest: dict = field(default_factory=dict)  # how they were mined (teacher, settings, counts, seconds)
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    @cached_property
+    def pos_min(self) -> np.ndarray:
+        """The anchor of the positive-aware filters: with several positives, the lowest-scored one (nan where no
+        positive has a score: teacher-free candidates)."""
+        return np.fmin.reduce(self.pos_scores, axis=1)  # nanmin, without its all-nan warning
+
+
+def _list_array(idx: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """A padded [rows, width] array as an Arrow list column, keeping the entries where idx >= 0."""
+    valid = idx >= 0
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values[valid]))
+
+
+def write_candidates(folder: Path, candidates: CandidateArrays, corpus_ids: list[str], manifest: dict) -> None:
+    """Write candidates.parquet, then the manifest: each atomically, the manifest last."""
+    ids = np.asarray(corpus_ids, dtype=object)
+    columns = {"query_id": pa.array(candidates.query_ids, pa.string())}
+    for name in LIST_COLUMNS:
+        idx = getattr(candidates, f"{name}_idx")
+        columns[f"{name}_ids"] = _list_array(idx, ids[np.maximum(idx, 0)])
+        columns[f"{name}_scores"] = _list_array(idx, getattr(candidates, f"{name}_scores").astype(np.float32))
+    table = pa.table(columns, schema=SCHEMA)
+    with atomic_path(folder / CANDIDATES_FILE) as tmp:
+        pq.write_table(table, tmp)
+    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "rows": table.num_rows})
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of a complete candidates folder, else None."""
+    manifest, table = folder / MANIFEST_FILE, folder / CANDIDATES_FILE
+    if not (manifest.is_file() and table.is_file()):
+        return None
+    found = json.loads(manifest.read_text())
+    return found if pq.ParquetFile(table).metadata.num_rows == found.get("rows") else None
+
+
+def _padded(table: pa.Table, column: str, fill, convert=None) -> np.ndarray:
+    lists = table.column(column).combine_chunks()
+    lengths = np.diff(lists.offsets.to_numpy())
+    values = lists.values.to_numpy(zero_copy_only=False)
+    if convert is not None:
+        values = convert(values)
+    out = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), fill, dtype=np.asarray(values).dtype
+                  if convert is not None else np.float32)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(values)) - np.repeat(lists.offsets.to_numpy()[:-1], lengths)
+    out[rows, cols] = values
+    return out
+
+
+def load_candidates(folder: Path, passage_index: dict[str, int]) -> CandidateArrays:
+    """Read a candidates folder into arrays, mapping passage ids to corpus rows."""
+    path = folder / CANDIDATES_FILE
+    table = pq.read_table(path)
+
+    def to_rows(ids: np.ndarray) -> np.ndarray:
+        try:
+            return np.fromiter((passage_index[i] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise DataFormatError(path, None, f"passage id {e} is not in the corpus: the corpus changed "
+                                              f"since mining; delete {folder} to mine again") from None
+
+    arrays = {}
+    for name in LIST_COLUMNS:
+        arrays[f"{name}_idx"] = _padded(table, f"{name}_ids", -1, to_rows)
+        arrays[f"{name}_scores"] = _padded(table, f"{name}_scores", np.nan if name == "pos" else -np.inf)
+    return CandidateArrays(query_ids=table.column("query_id").to_pylist(), n_passages=len(passage_index),
+                           manifest=read_manifest(folder) or {}, **arrays)

@@ -1,0 +1,105 @@
+"""Embeddings on disk as fp16 shards: resumable, shareable across processes, readable in bounded memory.
+
+A folder holds `shard-00000.npy`, `shard-00001.npy`, ... for consecutive slices of one list of texts. Each
+shard is written atomically, so a run killed mid-way (even kill -9) resumes at the first missing shard and,
+since each shard is encoded on its own, ends with exactly the files of an uninterrupted run. Several
+processes (GPUs, machines sharing the folder) split the missing shards between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pa_retriever.encode.encoder import TextEncoder
+from pa_retriever.encode.search import non_finite_rows
+from pa_retriever.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class ShardedEmbeddings:
+    def __init__(self, folder: Path, n_texts: int, shard_size: int):
+        self.folder, self.n_texts, self.shard_size = Path(folder), n_texts, shard_size
+        self.n_shards = max(1, -(-n_texts // shard_size))
+
+    def path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.npy"
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.n_shards) if not self.path(i).is_file()]
+
+    def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int | str | None = None,
+              rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
+        """Encode and write this process's share of the missing shards (shard i belongs to rank i % world)."""
+        if len(texts) != self.n_texts:
+            raise ValueError(f"{self.folder}: expected {self.n_texts} texts, got {len(texts)}")
+        todo = [i for i in self.missing() if i % world_size == rank]
+        if len(todo) < self.n_shards:
+            log.info("%s: %d of %d shards already encoded", self.folder, self.n_shards - len(self.missing()),
+                     self.n_shards)
+        encoding: deque[int] = deque()
+
+        def ranges() -> Iterator[tuple[int, int]]:  # read as the encoder reaches each shard
+            for shard in todo:
+                if not self.path(shard).is_file():  # else written meanwhile by another job sharing the cache
+                    encoding.append(shard)
+                    yield shard * self.shard_size, min(self.n_texts, (shard + 1) * self.shard_size)
+
+        bar = tqdm(total=len(todo), desc=f"{kind} shards", disable=not progress or len(todo) < 2)
+        for embeddings in self._encode(encoder, texts, kind, ranges(), batch_size, progress):
+            shard = encoding.popleft()
+            bar.update()
+            start = shard * self.shard_size
+            with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
+                stored = embeddings.astype(np.float16, copy=False)
+            if bad := non_finite_rows(stored):
+                raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in all) "
+                                 f"encode to NaN or overflow fp16 storage; check the model's precision and pooling")
+            with atomic_path(self.path(shard)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, stored)
+        bar.close()
+
+    @staticmethod
+    def _encode(encoder: TextEncoder, texts: list[str], kind: str, ranges: Iterator[tuple[int, int]],
+                batch_size: int | str | None,
+                progress: bool) -> Iterator[np.ndarray]:
+        """Each range's embeddings: one stream through an encoder that has one, else range by range."""
+        if hasattr(encoder, "encode_ranges"):  # fp16 from the device: an overflow there is inf, refused as here
+            yield from encoder.encode_ranges(texts, kind, ranges, batch_size, progress=progress, dtype=torch.float16)
+        else:
+            for start, stop in ranges:
+                yield encoder.encode(texts[start:stop], kind, batch_size, progress=progress)
+
+    def shards(self) -> list[np.ndarray]:
+        """All shards, memory-mapped (fp16)."""
+        if missing := self.missing():
+            raise FileNotFoundError(f"{self.folder}: shards {missing[:5]} are not encoded yet")
+        shards = [np.load(self.path(i), mmap_mode="r") for i in range(self.n_shards)]
+        for i, shard in enumerate(shards):  # a shard of another layout would put every later row in the wrong place
+            expected = min(self.shard_size, self.n_texts - i * self.shard_size)
+            if len(shard) != expected:
+                raise ValueError(f"{self.path(i)}: {len(shard)} rows where this layout ({self.n_texts} texts, "
+                                 f"{self.shard_size} per shard) expects {expected}; delete {self.folder} to re-encode")
+        return shards
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """float32 embeddings of the given global rows (any order, -1 gives zeros)."""
+        shards = self.shards()
+        out = np.zeros((len(indices), shards[0].shape[1]), dtype=np.float32)
+        for shard, rows in enumerate(shards):
+            start = shard * self.shard_size
+            hit = (indices >= start) & (indices < start + len(rows))
+            out[hit] = rows[indices[hit] - start]
+        return out
+
+    def load(self) -> np.ndarray:
+        """Everything in memory as float32 (for sets that fit, such as queries)."""
+        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.shards()])

@@ -1,0 +1,86 @@
+"""Evaluate an encoder on a retrieval split: encode, search exactly, score with pytrec_eval."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pa_retriever.data.beir import RetrievalData
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.encode.search import exact_search, non_finite_rows
+from pa_retriever.encode.towers import Towers
+from pa_retriever.eval.metrics import MEASURES, Run, mean_metrics, per_query_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run
+
+
+def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
+              ignore_identical_ids: bool = True) -> Run:
+    """Search results as {query: {passage: score}}. Like BEIR, a passage with the query's own id is skipped
+    (ArguAna and Quora put queries in the corpus)."""
+    run: Run = {}
+    for qid, row_scores, row_indices in zip(data.query_ids, scores, indices):
+        docs = run[qid] = {}
+        for score, index in zip(row_scores.tolist(), row_indices.tolist()):
+            pid = data.corpus_ids[index] if index >= 0 else None
+            if pid is not None and not (ignore_identical_ids and pid == qid):
+                docs[pid] = score
+    return run
+
+
+def score_model(towers: Towers, data: RetrievalData, settings: EncodeSettings = EncodeSettings(), k: int = 100,
+                ignore_identical_ids: bool = True) -> EvalResult:
+    """Encode the split's passages and queries, search exactly, score: what evaluate.py reports, and train.py
+    after training."""
+    passages = towers.encode(data.passages, "passage", settings.batch_size, progress=settings.progress)
+    queries = towers.encode(data.queries, "query", settings.batch_size, progress=settings.progress)
+    return evaluate_embeddings(data, queries, passages, k, settings.search_backend, ignore_identical_ids)
+
+
+def evaluate_embeddings(data: RetrievalData, queries: np.ndarray, passages: np.ndarray, k: int = 100,
+                        backend: str = "auto", ignore_identical_ids: bool = True) -> EvalResult:
+    for kind, matrix, ids in (("query", queries, data.query_ids), ("passage", passages, data.corpus_ids)):
+        if bad := non_finite_rows(matrix):
+            raise ValueError(f"{len(bad)} {kind} embeddings are NaN or infinite (ids {[ids[i] for i in bad[:5]]}"
+                             f"{' ...' if len(bad) > 5 else ''}): check the model's precision and pooling")
+    depth = k + 1 if ignore_identical_ids else k  # room for a skipped self-match
+    scores, indices = exact_search(queries, passages, depth, backend)
+    run = build_run(data, scores[:, :depth], indices[:, :depth], ignore_identical_ids)
+    run = {q: dict(list(docs.items())[:k]) for q, docs in run.items()}
+    per_query = per_query_metrics(data.qrels, run)
+    return EvalResult(mean_metrics(per_query), per_query, run)
+
+
+def format_table(metrics: dict[str, float], title: str = "") -> str:
+    """A small aligned table of the metrics, for the console."""
+    rows = [f"{name:<12}{metrics[name]:.4f}" for name in MEASURES if name in metrics]
+    width = max(len(r) for r in rows + [title])
+    return "\n".join(([title, "-" * width] if title else []) + rows)
+
+
+def write_results(result: EvalResult, out_dir: Path, per_query: bool = True, run_depth: int = 0) -> None:
+    """metrics.json (exactly the four metrics), per_query.tsv, and optionally a TREC run file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps({n: result.metrics[n] for n in MEASURES}, indent=2) + "\n")
+    if per_query:
+        with open(out_dir / "per_query.tsv", "w") as f:
+            f.write("query_id\t" + "\t".join(MEASURES) + "\n")
+            for qid, values in result.per_query.items():
+                f.write(qid + "\t" + "\t".join(f"{values[n]:.6f}" for n in MEASURES) + "\n")
+    if run_depth:
+        with open(out_dir / "run.trec", "w") as f:
+            for qid, docs in result.run.items():
+                ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:run_depth]
+                for rank, (pid, score) in enumerate(ranked, start=1):
+                    f.write(f"{qid} Q0 {pid} {rank} {score:.6f} retriever\n")

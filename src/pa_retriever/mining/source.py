@@ -1,0 +1,95 @@
+"""Where a training split's candidates come from: teachers' scores mined once into the cache, or no teacher.
+
+A source is checked against the mining method before any work (`check`), mines what the cache lacks on the
+processes of one node or all (`mine`), and loads the arrays every mining method reads (`load`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pa_retriever.data.beir import RetrievalData
+from pa_retriever.data.candidates import CandidateArrays, load_candidates
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.mining.methods import ENSEMBLE_METHODS, MiningMethod
+from pa_retriever.mining.miner import CandidateSettings, data_fingerprint, ensure_candidates, trainable_queries
+from pa_retriever.mining.teachers import Teacher, build_teachers
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def check(self, method: MiningMethod) -> None: ...
+    def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None: ...
+    def load(self, data: RetrievalData) -> dict[str, CandidateArrays]: ...
+
+
+class MinedCandidates:
+    """A teacher's (or an ensemble's members') stored scores, mined into the cache when missing."""
+
+    def __init__(self, name: str, teachers: list[Teacher], settings: CandidateSettings, cache_dir: Path,
+                 dataset: str):
+        self.name, self.teachers, self.settings = name, teachers, settings
+        self.cache_dir, self.dataset = Path(cache_dir), dataset
+        self._loaded: dict[str, dict[str, CandidateArrays]] = {}
+
+    def check(self, method: MiningMethod) -> None:
+        """An ensemble method needs an ensemble teacher and a plain method a single one: refused before mining."""
+        if method.ensemble is not None and len(self.teachers) == 1:
+            raise ValueError(f"mining={method.name} combines teachers, and teacher={self.name} is one: choose a "
+                             "teacher with members (teacher=small_ensemble, paper_ensemble)")
+        if method.ensemble is None and len(self.teachers) > 1:
+            raise ValueError(f"teacher={self.name} has {len(self.teachers)} members, and mining={method.name} reads "
+                             f"one: choose an ensemble method ({', '.join(f'mining={m}' for m in ENSEMBLE_METHODS)})")
+
+    def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
+        for teacher in self.teachers:
+            ensure_candidates(data, teacher, self.settings, self.cache_dir, self.dataset, rank, world)
+
+    def load(self, data: RetrievalData) -> dict[str, CandidateArrays]:
+        """{teacher: candidates} of `data`, mined first when missing; read once per split."""
+        key = data_fingerprint(data)
+        if key not in self._loaded:
+            folders = {t.name: ensure_candidates(data, t, self.settings, self.cache_dir, self.dataset)
+                       for t in self.teachers}
+            loaded = {name: load_candidates(folder, data.passage_index) for name, folder in folders.items()}
+            first = next(iter(loaded.values()))
+            if differing := [name for name, c in loaded.items() if c.query_ids != first.query_ids]:
+                raise ValueError(f"teachers {differing} were mined on other queries than {next(iter(loaded))}; "
+                                 "mine them again")
+            self._loaded[key] = loaded
+        return self._loaded[key]
+
+
+class NoTeacher:
+    """The labelled positives alone: all that in-batch-only or random negatives read, so such a baseline never pays
+    for mining (same queries and positives, in the same order, as mined candidates)."""
+
+    name = "none"
+
+    def check(self, method: MiningMethod) -> None:
+        if method.uses_teacher:
+            raise ValueError(f"mining={method.name} reads teacher scores: choose a teacher")
+
+    def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
+        pass
+
+    def load(self, data: RetrievalData) -> dict[str, CandidateArrays]:
+        rows, pos_idx = trainable_queries(data)
+        no_idx, no_scores = np.full((len(rows), 0), -1, np.int64), np.full((len(rows), 0), -np.inf, np.float32)
+        return {"no teacher": CandidateArrays([data.query_ids[i] for i in rows], pos_idx,
+                                              np.full(pos_idx.shape, np.nan, np.float32), no_idx, no_scores, no_idx,
+                                              no_scores, len(data.passages))}
+
+
+def candidate_source(method: MiningMethod | None, teacher_cfg: Any, candidates_cfg: Any, settings: EncodeSettings,
+                     cache_dir: Path, dataset: str) -> CandidateSource:
+    """The teacher's stored candidates, or none for a method that reads no teacher score (None: always mine)."""
+    if method is not None and not method.uses_teacher:
+        return NoTeacher()
+    stored = CandidateSettings(**candidates_cfg)
+    return MinedCandidates(teacher_cfg.name, build_teachers(teacher_cfg, settings, cache_dir, stored.shard_size),
+                           stored, cache_dir, dataset)

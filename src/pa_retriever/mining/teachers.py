@@ -1,0 +1,150 @@
+"""Teachers score (query, passage) pairs. Each offers two primitives the miner builds on:
+
+    top(k)                    every query's k best passages: (scores, corpus rows), best first
+    pair_scores(rows, idx)    the scores of given passages for given queries (positives, top-K, tail samples)
+
+A dense teacher encodes with any model config (its embeddings cached as resumable fp16 shards, encoded by
+every process of a distributed run); BM25 uses bm25s.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pa_retriever.data.beir import RetrievalData
+from pa_retriever.encode.embedding_cache import ShardedEmbeddings
+from pa_retriever.encode.encoder import EncodeSettings
+from pa_retriever.encode.search import exact_search
+from pa_retriever.encode.spec import EncoderSpec, resolve_model_path, weights_stamp
+from pa_retriever.encode.towers import Towers
+from pa_retriever.utils.distributed import barrier
+from pa_retriever.utils.io import stable_hash, texts_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class Teacher(Protocol):
+    name: str
+
+    def fingerprint(self) -> dict[str, Any]: ...
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None: ...
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray: ...
+
+
+class DenseTeacher:
+    """A bi-encoder teacher: cosine (inner product of normalised embeddings), exactly as evaluate.py scores."""
+
+    def __init__(self, name: str, spec: EncoderSpec, settings: EncodeSettings, cache_dir: Path, shard_size: int):
+        self.name, self.spec, self.settings = name, spec, settings
+        self.cache_dir, self.shard_size = Path(cache_dir), shard_size
+        self.encoder: Towers | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        stamp = weights_stamp(self.spec.name_or_path)  # a local folder's weights: retrained in place, mined again
+        # `auto` resolved: machines sharing a cache that differ in bf16 support must not mix their shards
+        return {"kind": "dense", **self.spec.as_dict(), "precision": self.settings.precision_name(),
+                **({"weights": stamp} if stamp else {})}
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: the spec plus where the weights came from."""
+        info = {**self.fingerprint(), "model_path": resolve_model_path(self.spec.name_or_path)}
+        if self.encoder is not None:
+            info["commit"] = getattr(self.encoder.query.model.config, "_commit_hash", None)
+        return info
+
+    def _embeddings(self, n_texts: int, texts_key: str, kind: str) -> ShardedEmbeddings:
+        folder = (self.cache_dir / "embeddings" / f"{self.name}-{stable_hash(self.fingerprint())}"
+                  / f"{kind}-{texts_key}-shards{self.shard_size}")  # row i is in shard i // size
+        return ShardedEmbeddings(folder, n_texts, self.shard_size)
+
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
+        """Encode the corpus and the queries into the cache; `world` processes share the shards."""
+        self.passages = self._embeddings(len(data.passages), data.passages_fingerprint, "passage")
+        self.queries = self._embeddings(len(queries), texts_fingerprint(queries), "query")
+        for store, texts, kind in ((self.passages, data.passages, "passage"), (self.queries, queries, "query")):
+            if store.missing():
+                if self.encoder is None:
+                    self.encoder = Towers.load(self.spec, self.settings)
+                store.build(self.encoder, texts, kind, self.settings.batch_size, rank, world, self.settings.progress)
+        if world > 1:
+            barrier()  # every shard exists before anyone searches
+        self.query_embeddings = self.queries.load()
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(self.query_embeddings, self.passages.shards(), k, self.settings.search_backend)
+
+    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray, budget: int = 256 << 20) -> np.ndarray:
+        out = np.empty(passage_idx.shape, dtype=np.float32)
+        row_bytes = 4 * max(1, passage_idx.shape[1]) * self.query_embeddings.shape[1]
+        chunk = max(1, budget // row_bytes)  # bounded memory: `budget` bytes of passage vectors at a time
+        for start in range(0, len(query_rows), chunk):
+            idx = passage_idx[start:start + chunk]
+            vectors = self.passages.rows(idx.reshape(-1)).reshape(*idx.shape, -1)
+            scores = np.einsum("qd,qkd->qk", self.query_embeddings[query_rows[start:start + chunk]], vectors)
+            out[start:start + chunk] = np.where(idx >= 0, scores, np.nan)
+        return out
+
+
+class BM25Teacher:
+    """Lexical scores from bm25s (Lucene's BM25 variant), with optional stemming and stopwords."""
+
+    def __init__(self, name: str, k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en",
+                 stemmer: str | None = "english"):
+        self.name, self.k1, self.b, self.stopwords, self.stemmer_name = name, k1, b, stopwords, stemmer
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "bm25", "k1": self.k1, "b": self.b, "stopwords": self.stopwords, "stemmer": self.stemmer_name}
+
+    def describe(self) -> dict[str, Any]:
+        return self.fingerprint()
+
+    def _tokenize(self, texts: list[str], ids: bool):
+        import bm25s
+        return bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stemmer, return_ids=ids,
+                              show_progress=False)
+
+    def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None:
+        import bm25s
+        self.stemmer = None
+        if self.stemmer_name:
+            import Stemmer
+            self.stemmer = Stemmer.Stemmer(self.stemmer_name).stemWords
+        self.retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        self.retriever.index(self._tokenize(data.passages, ids=True), show_progress=False)
+        self.query_tokens = self._tokenize(queries, ids=False)
+        self.n_passages = len(data.passages)
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k_found = min(k, self.n_passages)
+        indices, scores = self.retriever.retrieve(self.query_tokens, k=k_found, show_progress=False, n_threads=0)
+        pad = k - k_found
+        return (np.pad(scores.astype(np.float32), ((0, 0), (0, pad)), constant_values=-np.inf),
+                np.pad(indices.astype(np.int64), ((0, 0), (0, pad)), constant_values=-1))
+
+    def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray:
+        out = np.full(passage_idx.shape, np.nan, dtype=np.float32)
+        for i, row in enumerate(query_rows):
+            valid = passage_idx[i] >= 0
+            if valid.any():
+                out[i, valid] = self.retriever.get_scores(self.query_tokens[row])[passage_idx[i, valid]]
+        return out
+
+
+def build_teachers(teacher_cfg: Any, settings: EncodeSettings, cache_dir: Path, shard_size: int) -> list[Teacher]:
+    """One teacher, or each member of an ensemble config (`members: {name: teacher config}`)."""
+    members = teacher_cfg.get("members")
+    named = members.items() if members else [(teacher_cfg.name, teacher_cfg)]
+    teachers: list[Teacher] = []
+    for name, cfg in named:
+        if cfg.kind == "bm25":
+            teachers.append(BM25Teacher(name, cfg.k1, cfg.b, cfg.stopwords, cfg.stemmer))
+        elif cfg.kind == "dense":
+            teachers.append(DenseTeacher(name, EncoderSpec.from_config(cfg), settings, cache_dir, shard_size))
+        else:
+            raise ValueError(f"teacher {name}: kind must be 'dense' or 'bm25', got {cfg.kind!r}")
+    return teachers

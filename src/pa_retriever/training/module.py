@@ -1,0 +1,143 @@
+"""The LightningModule: a bi-encoder (one shared tower by default, or a query and a passage tower; pooling and
+prompts from the model config) trained with InfoNCE over hard and in-batch negatives, validated by nDCG@10."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
+
+from pa_retriever.data.beir import RetrievalData
+from pa_retriever.encode.encoder import resolve_dtype
+from pa_retriever.encode.spec import EncoderSpec
+from pa_retriever.encode.towers import Towers
+from pa_retriever.eval.retrieval import evaluate_embeddings
+from pa_retriever.training.lightning_compat import batches_completed
+from pa_retriever.training.loss import contrastive_loss
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1,
+                        warmup_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak rate, then linear decay to zero (warmup_steps overrides warmup_ratio)."""
+    warmup = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * num_training_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class BiEncoderModule(L.LightningModule):
+    def __init__(self, spec: EncoderSpec, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
+                 in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
+                 val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
+                 config_overrides: dict[str, Any] | None = None, seed: int = 0, val_data: RetrievalData | None = None):
+        super().__init__()
+        # plain values only, so a checkpoint loads with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["spec", "optimizer", "scheduler", "val_data"])
+        self.hparams["spec"] = spec.as_dict()
+        self.towers = Towers.for_training(spec, shared_weights, config_overrides, gradient_checkpointing)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.val_data = val_data  # the split validation scores: its queries, corpus and judgements
+        self._val_parts: list = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        queries = self.towers.tower("query")(**batch["queries"])
+        passages = self.towers.tower("passage")(**batch["passages"])
+        loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
+                                          self.hparams.temperature, self.hparams.in_batch_negatives)
+        size = batch["passage_idx"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/accuracy", accuracy, batch_size=size)
+        # Embedding spread across the batch: a collapse towards one vector shows here first.
+        self.log("train/embedding_std", passages.detach().std(dim=0).mean(), batch_size=size)
+        self.log("train/hard_negatives", (batch["passage_idx"][:, 1:] >= 0).float().sum(1).mean(), batch_size=size)
+        return loss
+
+    # Validation: encode the dev queries and the whole corpus, then nDCG@10 as evaluate.py computes it.
+    def on_validation_epoch_start(self) -> None:
+        self._val_parts = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        embeddings = self.towers.tower(batch["kind"])(**batch["tokens"])
+        self._val_parts.append((batch["kind"], batch["rows"].cpu().numpy(), embeddings.float().cpu().numpy()))
+
+    def on_validation_epoch_end(self) -> None:
+        data = self.val_data
+        parts = self._val_parts
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, parts)
+            parts = [p for rank_parts in gathered for p in rank_parts]
+        if not parts:
+            return
+        dim = parts[0][2].shape[1]
+        matrices = {"query": np.zeros((len(data.queries), dim), np.float32),
+                    "passage": np.zeros((len(data.passages), dim), np.float32)}
+        encoded = {kind: np.zeros(len(m), bool) for kind, m in matrices.items()}
+        for kind, rows, embeddings in parts:
+            matrices[kind][rows], encoded[kind][rows] = embeddings, True
+        if not all(e.all() for e in encoded.values()):  # limit_val_batches, fast_dev_run: score what was encoded
+            rank_zero_warn(f"validation encoded {encoded['query'].sum()} of {len(data.queries)} queries and "
+                           f"{encoded['passage'].sum()} of {len(data.passages)} passages: val/ metrics score that "
+                           "part")
+            data = _part(data, encoded["query"], encoded["passage"])
+            matrices = {kind: m[encoded[kind]] for kind, m in matrices.items()}
+        result = evaluate_embeddings(data, matrices["query"], matrices["passage"], self.hparams.val_k,
+                                     self.hparams.search_backend)
+        # Every process computed the same numbers from the same gathered embeddings: no sync needed.
+        for name, value in result.metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
+        self._val_parts = []
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:  # as BERT and HF Trainer do: no weight decay on biases and norms
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = self.optimizer_factory(params=[{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                                   {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Dropout draws from torch's generator seeded anew before every batch by (seed, process, batches completed): a
+    # resumed run, on every process, draws the masks an unbroken one drew, with no random state to save or restore
+    # (a checkpoint holds only rank 0's, and a crash inside a step would have saved the states after its forward).
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        seed = step_seed(self.hparams.seed, self.global_rank, batches_completed(self.trainer))
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which seeds every backend: 100x slower
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # this process's GPU
+
+
+def step_seed(seed: int, rank: int, batches: int) -> int:
+    """A well-mixed 64-bit seed for one batch of one process (nearby integers would seed correlated streams)."""
+    return int(np.random.SeedSequence([seed, rank, batches]).generate_state(1, np.uint64)[0])
+
+
+def _part(data: RetrievalData, queries: np.ndarray, passages: np.ndarray) -> RetrievalData:
+    """The queries and passages where the masks are set, with their qrels."""
+    pick = lambda values, mask: [v for v, keep in zip(values, mask) if keep]  # noqa: E731
+    query_ids = pick(data.query_ids, queries)
+    return RetrievalData(pick(data.corpus_ids, passages), pick(data.passages, passages), query_ids,
+                         pick(data.queries, queries), {q: data.qrels[q] for q in query_ids if q in data.qrels},
+                         data.report)
+
+
+def training_precision(setting: str, accelerator: str = "auto") -> str:
+    """Lightning precision: `auto` is bf16-mixed where the trainer's hardware computes bf16 natively, else 32-true."""
+    if setting != "auto":
+        return setting
+    device = torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    return "bf16-mixed" if resolve_dtype("auto", device) == torch.bfloat16 else "32-true"
