@@ -91,3 +91,22 @@ class WorseAtEpoch:
                     trainer.callback_metrics["val/ndcg@10"] = torch.tensor(-1.0)
 
         return _Worse()
+
+
+def crash_and_resume(overrides: list[str], tmp_path: Path, inside_step: bool = False) -> tuple[dict, dict]:
+    """An unbroken run, then one that crashes in batch 1 of epoch 1 (before its step, or inside it after the
+    forward) and is resumed from the checkpoint the crash left: the final weights of both (the resumed run
+    checkpoints on in the crashed run's folder)."""
+    import pytest
+    import torch
+
+    from pa_retriever.tasks.train import train
+    train(compose_cfg("train", overrides, tmp_path / "straight"))
+    crashing = overrides + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
+                            "+callbacks.crash.batch=1", f"+callbacks.crash.inside_step={inside_step}"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_cfg("train", crashing, tmp_path / "first"))
+    train(compose_cfg("train", overrides + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+                      tmp_path / "resumed"))
+    last = lambda run: torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)  # noqa: E731
+    return last("straight")["state_dict"], last("first")["state_dict"]

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from helpers import compose_cfg, tiny_overrides  # noqa: E402
+from helpers import compose_cfg, crash_and_resume, tiny_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -110,21 +110,12 @@ def test_dropout_masks_on_the_gpu_follow_the_batch_count_not_the_history():
 def test_gpu_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_bert_dir, tmp_path):
     """bf16 on the GPU, dropout on, deterministic kernels: a crash inside epoch 1, then a resume from its
     checkpoint, ends with exactly the weights of an unbroken run."""
-    from pa_retriever.tasks.train import train
     common = tiny_overrides(tiny_bert_dir, tmp_path) + [
         "trainer.max_epochs=2", "+trainer.limit_train_batches=3", "validate_before_training=false",
         "test_after_training=false", "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
         "+trainer.deterministic=true", "mining=sampled_topk", "datamodule.num_workers=2",
         "module.config_overrides={attn_implementation: eager}"]  # SDPA's fused backward is not deterministic
-    train(compose_cfg("train", common, tmp_path / "straight"))
-    crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
-                         "+callbacks.crash.batch=1", "+callbacks.crash.inside_step=true"]
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_cfg("train", crashing, tmp_path / "first"))
-    train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
-                            tmp_path / "resumed"))
-    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    straight, again = crash_and_resume(common, tmp_path, inside_step=True)
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, rtol=0, atol=0, msg=name)
 

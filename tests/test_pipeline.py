@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import compose_cfg, run_script, tiny_overrides
+from helpers import compose_cfg, crash_and_resume, run_script, tiny_overrides
 from pa_retriever.data import DataSource
 from pa_retriever.data.candidates import load_candidates, read_manifest
 from pa_retriever.encode.encoder import EncodeSettings
@@ -162,8 +162,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):
     resumed = compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
                           tmp_path / "resumed")
     train(resumed)
-    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, msg=name)
     losses = [_last_loss(tmp_path / run) for run in ("straight", "resumed")]
@@ -180,15 +180,7 @@ def test_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny, tmp_path, insi
                      "mining=sampled_topk", f"datamodule.num_workers={workers}"]
     if workers:  # a third epoch: a draw made by the resumed run's first validation would show in its masks
         common += ["data.val_split=dev", "+trainer.limit_val_batches=2", "trainer.max_epochs=3"]
-    train(compose_cfg("train", common, tmp_path / "straight"))
-    crashing = common + ["+callbacks.crash._target_=helpers.CrashAtBatch", "+callbacks.crash.epoch=1",
-                         "+callbacks.crash.batch=1", f"+callbacks.crash.inside_step={inside_step}"]
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_cfg("train", crashing, tmp_path / "first"))
-    train(compose_cfg("train", common + [f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
-                            tmp_path / "resumed"))
-    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(tmp_path / "first" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    straight, again = crash_and_resume(common, tmp_path, inside_step)
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, msg=name)
 

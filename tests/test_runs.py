@@ -53,7 +53,7 @@ def test_ddp_run_resumed_matches_an_unbroken_one_on_every_process(tiny_bert_dir,
                                      "+callbacks.stop.epoch=0"], timeout=900, env={"PYTHONPATH": str(ROOT / "tests")})
     run_script("train.py", common + [f"hydra.run.dir={tmp_path / 'resumed'}",
                                      f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"], timeout=900)
-    straight, again = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    straight, again = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
                        for run in ("straight", "first"))
     for name, value in straight.items():
         torch.testing.assert_close(again[name], value, msg=name)
