@@ -17,7 +17,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
 from pa_retriever.utils.plots import pyplot, save_figure
 
 

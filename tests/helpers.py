@@ -36,12 +36,15 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     return cfg
 
 
-def run_script(script: str, args: list[str], timeout: int = 600, env: dict | None = None) -> str:
-    """Run an entry point as a user would; fail with its output if it fails."""
+def run_script(script: str, args: list[str], timeout: int = 600, env: dict | None = None,
+               fails: bool = False) -> str:
+    """Run an entry point as a user would; fail with its output if it fails (or, with `fails`, if it does not).
+    Returns stdout, and with `fails` stdout and stderr together."""
     result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=timeout, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, f"{script} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result.stdout
+    output = f"{script} {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert (result.returncode != 0) == fails, output
+    return result.stdout + result.stderr if fails else result.stdout
 
 
 class StopAfterEpoch:

@@ -200,10 +200,27 @@ def pick_many(teachers, method):
 def test_method_validation_names_the_missing_parameter():
     with pytest.raises(ValueError, match="mining.filter=percpos needs mining.perc"):
         MiningMethod("x", filter="percpos")
-    with pytest.raises(ValueError, match="mining.select must be one of"):
+    with pytest.raises(ValueError, match="mining.select='best' is not one of"):
         MiningMethod("x", select="best")
-    with pytest.raises(ValueError, match="sample_k must be at least num_negatives"):
+    with pytest.raises(ValueError, match=r"mining.sample_k=3 is out of range: it must be an integer in \[4, inf\)"):
         MiningMethod("x", select="sampled", sample_k=3, num_negatives=4)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"filter": "percpos", "perc": 1.5}, r"mining.perc=1.5 is out of range: it must be a number in \(0, 1.05\]"),
+    ({"filter": "percpos", "perc": -1}, r"mining.perc=-1 is out of range"),
+    ({"filter": "marginpos", "margin": -0.1}, r"mining.margin=-0.1 is out of range: it must be a number in \[0, inf\)"),
+    ({"filter": "abs", "threshold": float("nan")}, r"mining.threshold=nan is out of range"),
+    ({"filter": "shifted", "shift": 2.5}, r"mining.shift=2.5 is out of range: it must be an integer"),
+    ({"num_negatives": 100000}, r"mining.num_negatives=100000 is out of range: it must be an integer in \[0, 256\]"),
+    ({"num_negatives": 0, "filter": "percpos", "perc": 0.95}, r"mining.num_negatives=0 trains on in-batch negatives alone"),
+    ({"select": "sampled", "temperature": 0}, r"mining.temperature=0 is out of range"),
+])
+def test_a_setting_that_would_silently_change_the_method_is_refused(settings, message):
+    """perc 1.5 keeps everything (naive top-k), perc -1 keeps nothing, 0 negatives is the in-batch baseline."""
+    with pytest.raises(ValueError, match=message):
+        MiningMethod("topk_percpos", **settings)
+    assert MiningMethod("none", num_negatives=0).uses_teacher is False  # the baseline itself stays valid
 
 
 def test_sampling_with_fewer_candidates_than_negatives():

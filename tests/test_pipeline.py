@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from helpers import compose_cfg, crash_and_resume, run_script, tiny_overrides
+
 from pa_retriever.data import DataSource
 from pa_retriever.data.candidates import load_candidates, read_manifest
 from pa_retriever.encode.encoder import EncodeSettings

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import compose_cfg, tiny_overrides
 from torch.utils.data import DataLoader
 
-from helpers import compose_cfg, tiny_overrides
 from pa_retriever.training.sampling import EpochSampler
 
 

@@ -83,18 +83,29 @@ class RetrievalData:
         return [pid for pid, s in self.qrels.get(query_id, {}).items() if s > 0 and pid in self.passage_index]
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, a byte-order mark allowed; bytes that are not UTF-8 are an error that
+    names the line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, lineno, f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                                    "(save the file as UTF-8)") from None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+        yield lineno, record
 
 
 def _field(record: dict, name: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -107,6 +118,8 @@ def _field(record: dict, name: str, path: Path, lineno: int, required: bool = Tr
         return str(value)  # some exports write numeric ids; BEIR treats ids as strings
     if not isinstance(value, str):
         raise DataFormatError(path, lineno, f"field '{name}' must be a string, got {type(value).__name__}")
+    if name == "_id" and not value.strip():
+        raise DataFormatError(path, lineno, "empty _id")
     return value
 
 
@@ -141,42 +154,36 @@ Qrels = dict[str, dict[str, int]]
 def read_qrels(path: Path, qrels: Qrels | None = None) -> tuple[Qrels, int, int]:
     """Qrels as {query: {passage: score}}, the number of judgement rows and of repeated pairs.
 
-    Tab-separated `query-id corpus-id score`; a header row is recognised by its non-integer score column.
+    Tab-separated `query-id corpus-id score`; a first row whose score column reads `score` is the header, and any
+    other score that is not an integer is an error.
     Rows are added to `qrels` when given (several splits read into one).
     """
     qrels = {} if qrels is None else qrels
     rows = repeated = 0
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 3:
-                raise DataFormatError(path, lineno, f"expected 3 tab-separated columns "
-                                                    f"(query-id, corpus-id, score), found {len(cols)}")
-            qid, pid, score_text = (c.strip() for c in cols)
-            try:
-                score = int(score_text)
-            except ValueError:
-                if lineno == 1 and not _is_number(score_text):
-                    continue  # header row (query-id, corpus-id, score); a row with a bad score is an error
-                raise DataFormatError(path, lineno, f"score '{score_text}' is not an integer") from None
-            rows += 1
-            judged = qrels.setdefault(qid, {})
-            if pid in judged:
-                repeated += 1
-                score = max(score, judged[pid])
-            judged[pid] = score
+    for lineno, raw in _lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DataFormatError(path, lineno, f"expected 3 tab-separated columns "
+                                                f"(query-id, corpus-id, score), found {len(cols)}")
+        qid, pid, score_text = (c.strip() for c in cols)
+        if lineno == 1 and score_text.lower() == "score":
+            continue  # the header row (query-id, corpus-id, score)
+        try:
+            score = int(score_text)
+        except ValueError:
+            raise DataFormatError(path, lineno, f"score '{score_text}' is not an integer") from None
+        if not qid or not pid:
+            raise DataFormatError(path, lineno, "empty query-id or corpus-id")
+        rows += 1
+        judged = qrels.setdefault(qid, {})
+        if pid in judged:
+            repeated += 1
+            score = max(score, judged[pid])
+        judged[pid] = score
     return qrels, rows, repeated
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def qrels_files(root: Path, split: str) -> list[Path]:
@@ -195,6 +202,8 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
             raise FileNotFoundError(f"{required} not found (a BEIR folder holds corpus.jsonl, queries.jsonl, "
                                     f"qrels/<split>.tsv; splits here: {available_splits(root)})")
     corpus_ids, passages = read_corpus(root / "corpus.jsonl", use_title)
+    if not corpus_ids:
+        raise DataFormatError(root / "corpus.jsonl", None, "no passages")
     all_query_ids, query_fields = read_jsonl_texts(root / "queries.jsonl", ("text",))
     qrels: Qrels = {}
     rows = repeated = 0
@@ -216,6 +225,9 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
         by_text.setdefault(query_text[qid], []).append(qid)
     report.shared_text = [group for group in by_text.values() if len(group) > 1]
 
+    if report.queries_without_positive == len(query_ids):
+        raise DataFormatError(qrels_where, None, f"no query of split '{split}' has a judgement with score > 0 for a "
+                                                 "passage in corpus.jsonl: nothing to train on or score")
     if strict and (report.unknown_query_ids or report.unknown_passage_ids):
         raise DataFormatError(qrels_where, None, "; ".join(report.problems) + " (data.strict=true)")
     for problem in report.problems:
@@ -235,15 +247,14 @@ def read_false_negatives(root: Path) -> dict[str, set[str]]:
     if not path.is_file():
         return {}
     pairs: dict[str, set[str]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, raw in enumerate(f, start=1):
-            cols = [c.strip() for c in raw.rstrip("\r\n").split("\t")]
-            if cols == [""] or (lineno == 1 and cols == ["query-id", "corpus-id"]):
-                continue
-            if len(cols) != 2 or not all(cols):
-                raise DataFormatError(path, lineno, f"expected 2 tab-separated columns (query-id, corpus-id), "
-                                                    f"found {len(cols)}")
-            pairs.setdefault(cols[0], set()).add(cols[1])
+    for lineno, raw in _lines(path):
+        cols = [c.strip() for c in raw.rstrip("\r\n").split("\t")]
+        if cols == [""] or (lineno == 1 and cols == ["query-id", "corpus-id"]):
+            continue
+        if len(cols) != 2 or not all(cols):
+            raise DataFormatError(path, lineno, f"expected 2 tab-separated columns (query-id, corpus-id), "
+                                                f"found {len(cols)}")
+        pairs.setdefault(cols[0], set()).add(cols[1])
     return pairs
 
 

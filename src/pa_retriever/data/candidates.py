@@ -83,8 +83,13 @@ def read_manifest(folder: Path) -> dict | None:
     manifest, table = folder / MANIFEST_FILE, folder / CANDIDATES_FILE
     if not (manifest.is_file() and table.is_file()):
         return None
-    found = json.loads(manifest.read_text())
-    return found if pq.ParquetFile(table).metadata.num_rows == found.get("rows") else None
+    try:  # a file cut short (a full disk, a copy that broke off) reads as incomplete: it is mined again
+        found = json.loads(manifest.read_text())
+        rows = pq.ParquetFile(table).metadata.num_rows
+    except (ValueError, OSError, pa.ArrowException) as e:
+        log.warning("%s: unreadable (%s); mining it again", folder, e)
+        return None
+    return found if rows == found.get("rows") else None
 
 
 def _padded(table: pa.Table, column: str, fill, convert=None) -> np.ndarray:
@@ -117,5 +122,11 @@ def load_candidates(folder: Path, passage_index: dict[str, int]) -> CandidateArr
     for name in LIST_COLUMNS:
         arrays[f"{name}_idx"] = _padded(table, f"{name}_ids", -1, to_rows)
         arrays[f"{name}_scores"] = _padded(table, f"{name}_scores", np.nan if name == "pos" else -np.inf)
+    for name in LIST_COLUMNS:  # a stored score is a number: a NaN would pass or fail every filter by accident
+        idx, scores = arrays[f"{name}_idx"], arrays[f"{name}_scores"]
+        if (bad := (idx >= 0) & ~np.isfinite(scores)).any():
+            query = table.column("query_id")[int(np.nonzero(bad.any(1))[0][0])]
+            raise DataFormatError(path, None, f"{int(bad.sum())} {name} scores are NaN or infinite (query {query} "
+                                              f"first): delete {folder} to mine again")
     return CandidateArrays(query_ids=table.column("query_id").to_pylist(), n_passages=len(passage_index),
                            manifest=read_manifest(folder) or {}, **arrays)

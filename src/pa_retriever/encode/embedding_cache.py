@@ -3,12 +3,14 @@
 A folder holds `shard-00000.npy`, `shard-00001.npy`, ... for consecutive slices of one list of texts. Each
 shard is written atomically, so a run killed mid-way (even kill -9) resumes at the first missing shard and,
 since each shard is encoded on its own, ends with exactly the files of an uninterrupted run. Several
-processes (GPUs, machines sharing the folder) split the missing shards between them.
+processes split the missing shards between them: torchrun ranks by shard number, and jobs sharing the folder
+by claim files (shard-00000.claim), so that no shard is encoded twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pa_retriever.encode.encoder import TextEncoder
 from pa_retriever.encode.search import non_finite_rows
-from pa_retriever.utils.io import atomic_path
+from pa_retriever.utils.io import atomic_path, release_claim, try_claim
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +37,62 @@ class ShardedEmbeddings:
     def missing(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.path(i).is_file()]
 
+    def claim_path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.claim"
+
     def build(self, encoder: TextEncoder, texts: list[str], kind: str, batch_size: int | str | None = None,
-              rank: int = 0, world_size: int = 1, progress: bool = True) -> None:
-        """Encode and write this process's share of the missing shards (shard i belongs to rank i % world)."""
+              rank: int = 0, world_size: int = 1, progress: bool = True, poll_seconds: float = 2.0) -> None:
+        """Encode and write this process's share of the missing shards (shard i belongs to rank i % world). A
+        shard another job has claimed is left to it and waited for; one whose job died is taken over."""
         if len(texts) != self.n_texts:
             raise ValueError(f"{self.folder}: expected {self.n_texts} texts, got {len(texts)}")
-        todo = [i for i in self.missing() if i % world_size == rank]
-        if len(todo) < self.n_shards:
+        mine = [i for i in range(self.n_shards) if i % world_size == rank]
+        if len(self.missing()) < self.n_shards:
             log.info("%s: %d of %d shards already encoded", self.folder, self.n_shards - len(self.missing()),
                      self.n_shards)
+        bar = tqdm(total=len(mine), desc=f"{kind} shards", disable=not progress or len(mine) < 2)
+        bar.update(len(mine) - len([i for i in mine if not self.path(i).is_file()]))
+        encoded_here = 0
+        while todo := [i for i in mine if not self.path(i).is_file()]:
+            encoded = self._encode_claimed(encoder, texts, kind, todo, batch_size, progress, bar)
+            encoded_here += encoded
+            if not encoded and any(not self.path(i).is_file() for i in todo):
+                time.sleep(poll_seconds)  # every missing shard is another job's: wait for it
+        bar.close()
+        log.info("%s: this process encoded %d of %d %s shards", self.folder, encoded_here, self.n_shards, kind)
+
+    def _encode_claimed(self, encoder: TextEncoder, texts: list[str], kind: str, todo: list[int],
+                        batch_size: int | str | None, progress: bool, bar: tqdm) -> int:
+        """Encode those of `todo` this process can claim (claimed as the encoder reaches them); how many."""
         encoding: deque[int] = deque()
 
-        def ranges() -> Iterator[tuple[int, int]]:  # read as the encoder reaches each shard
+        def ranges() -> Iterator[tuple[int, int]]:
             for shard in todo:
-                if not self.path(shard).is_file():  # else written meanwhile by another job sharing the cache
+                if not self.path(shard).is_file() and try_claim(self.claim_path(shard)):
                     encoding.append(shard)
                     yield shard * self.shard_size, min(self.n_texts, (shard + 1) * self.shard_size)
 
-        bar = tqdm(total=len(todo), desc=f"{kind} shards", disable=not progress or len(todo) < 2)
-        for embeddings in self._encode(encoder, texts, kind, ranges(), batch_size, progress):
-            shard = encoding.popleft()
-            bar.update()
-            start = shard * self.shard_size
-            with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
-                stored = embeddings.astype(np.float16, copy=False)
-            if bad := non_finite_rows(stored):
-                raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in all) "
-                                 f"encode to NaN or overflow fp16 storage; check the model's precision and pooling")
-            with atomic_path(self.path(shard)) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, stored)
-        bar.close()
+        done = 0
+        try:
+            for embeddings in self._encode(encoder, texts, kind, ranges(), batch_size, progress):
+                shard = encoding.popleft()
+                start = shard * self.shard_size
+                with np.errstate(over="ignore"):  # overflow is caught below, with the rows named
+                    stored = embeddings.astype(np.float16, copy=False)
+                if bad := non_finite_rows(stored):
+                    raise ValueError(f"{self.folder}: {kind} rows {[start + i for i in bad[:5]]} ({len(bad)} in "
+                                     "all) encode to NaN or overflow fp16 storage; check the model's precision and "
+                                     "pooling")
+                with atomic_path(self.path(shard)) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, stored)
+                release_claim(self.claim_path(shard))
+                done += 1
+                bar.update()
+        finally:
+            for shard in encoding:  # claimed but not written: free for another job
+                release_claim(self.claim_path(shard))
+        return done
 
     @staticmethod
     def _encode(encoder: TextEncoder, texts: list[str], kind: str, ranges: Iterator[tuple[int, int]],
@@ -82,13 +109,19 @@ class ShardedEmbeddings:
         """All shards, memory-mapped (fp16)."""
         if missing := self.missing():
             raise FileNotFoundError(f"{self.folder}: shards {missing[:5]} are not encoded yet")
-        shards = [np.load(self.path(i), mmap_mode="r") for i in range(self.n_shards)]
+        shards = [self._read(i) for i in range(self.n_shards)]
         for i, shard in enumerate(shards):  # a shard of another layout would put every later row in the wrong place
             expected = min(self.shard_size, self.n_texts - i * self.shard_size)
             if len(shard) != expected:
                 raise ValueError(f"{self.path(i)}: {len(shard)} rows where this layout ({self.n_texts} texts, "
                                  f"{self.shard_size} per shard) expects {expected}; delete {self.folder} to re-encode")
         return shards
+
+    def _read(self, shard: int) -> np.ndarray:
+        try:
+            return np.load(self.path(shard), mmap_mode="r")
+        except (ValueError, OSError) as e:  # written atomically here: only something outside cuts a shard short
+            raise ValueError(f"{self.path(shard)}: unreadable ({e}); delete it to encode it again") from None
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """float32 embeddings of the given global rows (any order, -1 gives zeros)."""

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModel
 
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
 from pa_retriever.encode.tokenizer import PromptTokenizer, TokenStore, default_tokenize_threads, tokenize_ahead
+from pa_retriever.utils.checks import check_choice, check_count_or_auto
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         native = (torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda"
                   else cpu_has_native_bf16())
         return torch.bfloat16 if native else torch.float32
-    if precision not in DTYPES:
-        raise ValueError(f"encode.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    check_choice("encode.precision", precision, tuple(DTYPES))
     return DTYPES[precision]
 
 
@@ -66,6 +66,12 @@ class EncodeSettings:
     tokenize_threads: int | str = "auto"  # auto: see default_tokenize_threads
     search_backend: str = "auto"  # faiss | torch | auto
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("encode.precision", self.precision, ("auto", *DTYPES))
+        check_count_or_auto("encode.batch_size", self.batch_size)
+        check_count_or_auto("encode.tokenize_threads", self.tokenize_threads)
+        check_choice("encode.search_backend", self.search_backend, ("auto", "faiss", "torch"))
 
     @classmethod
     def from_config(cls, cfg: Any) -> EncodeSettings:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pa_retriever.encode.st_folder import read_settings
+from pa_retriever.utils.checks import check_choice, check_number
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,16 @@ class EncoderSpec:
 
     def resolved(self) -> EncoderSpec:
         """Fill unset fields from a sentence-transformers folder, then from defaults; validate."""
-        found = read_settings(local_path(self.name_or_path))
+        found = read_settings(local_path(resolve_model_path(self.name_or_path)))
         defaults = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
                         query_max_length=512, passage_max_length=512, append_eos=False, mask_prefix=False,
                         passage_tower=None)
         updates = {k: found.get(k, defaults[k]) for k in defaults if getattr(self, k) is None}
         spec = replace(self, **updates)
-        if spec.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {spec.pooling!r}")
+        check_choice("model.pooling", spec.pooling, POOLINGS)
+        for kind in ("query", "passage"):
+            check_number(f"model.{kind}_max_length", spec.max_length(kind), 2, integer=True,
+                         why="tokens per text, special tokens included")
         return spec
 
     def prefix(self, kind: str) -> str:
@@ -100,6 +103,12 @@ def weights_stamp(name_or_path: str) -> list[list] | None:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Where transformers should load from: a local folder if there is one, else the hub id."""
+    """Where transformers should load from: a local folder if there is one, else the hub id. A path that cannot
+    be a hub id (`organisation/name`) and is not on disk is an error, not a failed download."""
     path = local_path(name_or_path)
-    return str(path) if path else name_or_path
+    if path:
+        return str(path)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        raise FileNotFoundError(f"model path not found: {name_or_path} (no such folder here, and a hub id reads "
+                                "'organisation/name')")
+    return name_or_path

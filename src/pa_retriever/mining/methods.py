@@ -46,10 +46,13 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pa_retriever.data.candidates import CandidateArrays
+from pa_retriever.utils.checks import SettingError, check_choice, check_number
 
 FILTERS = {"none": None, "shifted": "shift", "abs": "threshold", "marginpos": "margin", "percpos": "perc"}
 SELECTIONS = ("top", "sampled", "top1_sampled", "random")
 ENSEMBLE_METHODS = ("cross_sample", "intra_sample", "intra_sample_dedup")
+MAX_NEGATIVES = 256  # per query: with a batch of 32 that is 8,224 passages a step, beyond any recipe in use
+PERC_MAX = 1.05
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,35 @@ class MiningMethod:
     ensemble: str | None = None
 
     def __post_init__(self) -> None:
-        if self.filter not in FILTERS:
-            raise ValueError(f"mining.filter must be one of {list(FILTERS)}, got {self.filter!r}")
+        check_choice("mining.filter", self.filter, tuple(FILTERS))
         param = FILTERS[self.filter]
         if param and getattr(self, param) is None:
-            raise ValueError(f"mining.filter={self.filter} needs mining.{param}")
-        if self.select not in SELECTIONS:
-            raise ValueError(f"mining.select must be one of {SELECTIONS}, got {self.select!r}")
-        if self.ensemble not in (None, *ENSEMBLE_METHODS):
-            raise ValueError(f"mining.ensemble must be null or one of {ENSEMBLE_METHODS}, got {self.ensemble!r}")
-        if self.select in ("sampled", "top1_sampled") and self.sample_k < self.num_negatives:
-            raise ValueError(f"mining.select={self.select} draws {self.num_negatives} negatives among the first "
-                             f"mining.sample_k={self.sample_k} kept: sample_k must be at least num_negatives")
+            raise SettingError(f"mining.filter={self.filter} needs mining.{param}")
+        check_choice("mining.select", self.select, SELECTIONS)
+        check_choice("mining.ensemble", self.ensemble, (None, *ENSEMBLE_METHODS))
+        check_number("mining.num_negatives", self.num_negatives, 0, MAX_NEGATIVES, integer=True,
+                     why="hard negatives per query; 0 only for mining=none, in-batch negatives alone")
+        if self.num_negatives == 0 and (self.name, self.filter, self.select, self.ensemble) != ("none", "none", "top",
+                                                                                                  None):
+            raise SettingError(f"mining.num_negatives=0 trains on in-batch negatives alone, which is mining=none, not "
+                               f"{self.name}: give {self.name} 1 to {MAX_NEGATIVES} negatives")
+        # Each filter's bound as the paper sweeps it; outside it a filter removes nothing (naive top-k under another
+        # name) or everything (in-batch negatives alone).
+        if self.filter == "shifted":
+            check_number("mining.shift", self.shift, 0, integer=True, why="candidates skipped from the top")
+        if self.filter == "abs":
+            check_number("mining.threshold", self.threshold, why="a teacher score")
+        if self.filter == "marginpos":
+            check_number("mining.margin", self.margin, 0, why="a candidate is kept below positive - margin")
+        if self.filter == "percpos":
+            check_number("mining.perc", self.perc, 0, PERC_MAX, low_open=True,
+                         why="a candidate is kept below perc x positive; the paper sweeps 0.05-1.05")
+        if self.select in ("sampled", "top1_sampled"):
+            check_number("mining.sample_k", self.sample_k, max(1, self.num_negatives), integer=True,
+                         why=f"{self.select} draws mining.num_negatives={self.num_negatives} among the first sample_k "
+                             "kept")
+            check_number("mining.temperature", self.temperature, 0, low_open=True,
+                         why="of the softmax over teacher scores that sampling draws by")
 
     @property
     def uses_teacher(self) -> bool:

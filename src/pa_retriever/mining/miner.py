@@ -20,8 +20,9 @@ from pa_retriever.data.candidates import CandidateArrays, read_manifest, write_c
 from pa_retriever.encode.search import sort_rows
 from pa_retriever.mining.methods import sample_outside
 from pa_retriever.mining.teachers import Teacher
+from pa_retriever.utils.checks import check_number
 from pa_retriever.utils.distributed import barrier
-from pa_retriever.utils.io import stable_hash
+from pa_retriever.utils.io import release_claim, stable_hash, try_claim
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ class CandidateSettings:
     # Never offer a query the passage with its own id: in a corpus that holds its queries (ArguAna, Quora) that
     # passage is the query itself. As BEIR's evaluation does; turn off where the two id spaces only overlap.
     ignore_identical_ids: bool = True
+
+    def __post_init__(self) -> None:
+        check_number("candidates.depth", self.depth, 1, integer=True, why="the teacher's top-K stored per query")
+        check_number("candidates.tail", self.tail, 0, integer=True, why="scored random passages per query")
+        check_number("candidates.shard_size", self.shard_size, 1, integer=True, why="passages per embedding shard")
+        check_number("candidates.seed", self.seed, integer=True)
 
 
 def data_fingerprint(data: RetrievalData) -> str:
@@ -118,11 +125,12 @@ def _best_first(idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: CandidateSettings, cache_dir: Path,
-                      dataset: str, rank: int = 0, world: int = 1) -> Path:
+                      dataset: str, rank: int = 0, world: int = 1, poll_seconds: float = 2.0) -> Path:
     """The candidates folder for (data, teacher, settings), mined first if it is not complete.
 
     With `world` > 1 processes (torchrun), each encodes its share of the embedding shards; process 0 searches
-    and writes the file; all return once it exists.
+    and writes the file; all return once it exists. Jobs sharing the cache split the encoding (claims on shards),
+    and one of them searches and writes while the others wait for its file.
     """
     folder = candidates_folder(cache_dir, dataset, data, teacher, settings)
     if read_manifest(folder) is not None:
@@ -131,22 +139,33 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: Candidate
     started = time.time()
     rows, _ = trainable_queries(data)
     teacher.prepare(data, [data.queries[i] for i in rows], rank, world)  # every process: encoding is shared
-    if rank == 0:
-        candidates = score_candidates(data, teacher, settings)
-        manifest = {
-            "teacher": teacher.name, **{f"teacher_{k}": v for k, v in teacher.describe().items()},
-            "miner": asdict(settings), "data_path": str(dataset), "split": data.report.split,
-            "counts": {"queries_in_split": len(data.query_ids), "queries_mined": len(candidates),
-                       "queries_without_positive": data.report.queries_without_positive,
-                       "queries_merged_by_text": (len(data.query_ids) - data.report.queries_without_positive
-                                                  - len(candidates)),
-                       "passages": len(data.passages)},
-            "seconds": round(time.time() - started, 1),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_candidates(folder, candidates, data.corpus_ids, manifest)
-        log.info("Mined %d queries with %s in %.1fs into %s", len(candidates), teacher.name,
-                 time.time() - started, folder)
+    claim = folder / "mining.claim"
+    while rank == 0 and read_manifest(folder) is None:
+        if not try_claim(claim):  # another job is writing this very file: wait for it
+            time.sleep(poll_seconds)
+            continue
+        try:
+            _write_mined(folder, data, teacher, settings, dataset, started)
+        finally:
+            release_claim(claim)
     if world > 1:
         barrier()
     return folder
+
+
+def _write_mined(folder: Path, data: RetrievalData, teacher: Teacher, settings: CandidateSettings, dataset: str,
+                 started: float) -> None:
+    candidates = score_candidates(data, teacher, settings)
+    manifest = {
+        "teacher": teacher.name, **{f"teacher_{k}": v for k, v in teacher.describe().items()},
+        "miner": asdict(settings), "data_path": str(dataset), "split": data.report.split,
+        "counts": {"queries_in_split": len(data.query_ids), "queries_mined": len(candidates),
+                   "queries_without_positive": data.report.queries_without_positive,
+                   "queries_merged_by_text": (len(data.query_ids) - data.report.queries_without_positive
+                                              - len(candidates)),
+                   "passages": len(data.passages)},
+        "seconds": round(time.time() - started, 1),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_candidates(folder, candidates, data.corpus_ids, manifest)
+    log.info("Mined %d queries with %s in %.1fs into %s", len(candidates), teacher.name, time.time() - started, folder)

@@ -17,6 +17,7 @@ from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.mining.methods import ENSEMBLE_METHODS, MiningMethod
 from pa_retriever.mining.miner import CandidateSettings, data_fingerprint, ensure_candidates, trainable_queries
 from pa_retriever.mining.teachers import Teacher, build_teachers
+from pa_retriever.utils.checks import check_number
 
 
 class CandidateSource(Protocol):
@@ -44,6 +45,16 @@ class MinedCandidates:
         if method.ensemble is None and len(self.teachers) > 1:
             raise ValueError(f"teacher={self.name} has {len(self.teachers)} members, and mining={method.name} reads "
                              f"one: choose an ensemble method ({', '.join(f'mining={m}' for m in ENSEMBLE_METHODS)})")
+        stored = self.settings.depth + self.settings.tail
+        check_number("mining.num_negatives", method.num_negatives, 0, stored, integer=True,
+                     why=f"no more than the candidates.depth={self.settings.depth} + candidates.tail="
+                         f"{self.settings.tail} passages stored per query")
+        if method.filter == "shifted":
+            check_number("mining.shift", method.shift, 0, self.settings.depth, high_open=True, integer=True,
+                         why=f"below candidates.depth={self.settings.depth}, or every stored candidate is skipped")
+        if method.select in ("sampled", "top1_sampled"):
+            check_number("mining.sample_k", method.sample_k, method.num_negatives, self.settings.depth, integer=True,
+                         why=f"drawn among the first sample_k of candidates.depth={self.settings.depth}")
 
     def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
         for teacher in self.teachers:

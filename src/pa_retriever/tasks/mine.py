@@ -13,8 +13,13 @@ from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.mining.methods import MiningMethod
 from pa_retriever.mining.probe import false_negative_report, plot_false_negative_picks
 from pa_retriever.mining.source import candidate_source
-from pa_retriever.mining.stats import (candidate_diagnostics, format_table, method_stats, plot_margins,
-                                       plot_score_distributions)
+from pa_retriever.mining.stats import (
+    candidate_diagnostics,
+    format_table,
+    method_stats,
+    plot_margins,
+    plot_score_distributions,
+)
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_loggers, log_config, task_wrapper
 from pa_retriever.utils.distributed import init_from_env
 from pa_retriever.utils.io import write_json_atomic

@@ -87,7 +87,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if cfg.validate_before_training and run.val is not None and not cfg.trainer.get("fast_dev_run"):
         trainer.validate(module, datamodule=run.datamodule)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=run.datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}

@@ -22,8 +22,15 @@ from pa_retriever.encode.tokenizer import PromptTokenizer, TokenStore, default_t
 from pa_retriever.mining.methods import MiningMethod
 from pa_retriever.mining.source import CandidateSource
 from pa_retriever.training.lightning_compat import resume_position
-from pa_retriever.training.sampling import (ContrastiveDataset, EncodeCollator, EncodeDataset, EpochSampler,
-                                            TrainingCollator, encode_batches)
+from pa_retriever.training.sampling import (
+    ContrastiveDataset,
+    EncodeCollator,
+    EncodeDataset,
+    EpochSampler,
+    TrainingCollator,
+    encode_batches,
+)
+from pa_retriever.utils.checks import check_number
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ class RetrievalDataModule(L.LightningDataModule):
                  val: RetrievalData | None = None, batch_size: int = 32, num_workers: int = 2, seed: int = 0,
                  val_batch_size: int = 64, progress: bool = True):
         super().__init__()
+        check_number("datamodule.batch_size", batch_size, 1, integer=True, why="queries per step and process")
+        check_number("datamodule.num_workers", num_workers, 0, integer=True)
+        check_number("datamodule.val_batch_size", val_batch_size, 1, integer=True, why="a token budget, as encode's")
         source.check(method)  # a teacher the method cannot read is refused here, before any mining
         self.train, self.val, self.source, self.spec, self.method = train, val, source, spec, method
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

@@ -20,6 +20,7 @@ from pa_retriever.encode.towers import Towers
 from pa_retriever.eval.retrieval import evaluate_embeddings
 from pa_retriever.training.lightning_compat import batches_completed
 from pa_retriever.training.loss import contrastive_loss
+from pa_retriever.utils.checks import check_number
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1,
@@ -42,6 +43,10 @@ class BiEncoderModule(L.LightningModule):
                  val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
                  config_overrides: dict[str, Any] | None = None, seed: int = 0, val_data: RetrievalData | None = None):
         super().__init__()
+        check_number("module.temperature", temperature, 0, low_open=True, why="InfoNCE divides scores by it")
+        check_number("module.weight_decay", weight_decay, 0)
+        check_number("module.val_k", val_k, 1, integer=True)
+        check_number("module.optimizer.lr", getattr(optimizer, "keywords", {}).get("lr", 1e-3), 0, low_open=True)
         # plain values only, so a checkpoint loads with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["spec", "optimizer", "scheduler", "val_data"])
         self.hparams["spec"] = spec.as_dict()

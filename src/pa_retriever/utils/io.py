@@ -1,10 +1,12 @@
-"""Small file helpers: atomic writes and stable hashes for cache keys."""
+"""Small file helpers: atomic writes, stable hashes for cache keys, and claims on shared work."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +44,53 @@ def texts_fingerprint(texts: list[str]) -> str:
         digest.update(text.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+STALE_CLAIM_SECONDS = 6 * 3600  # a claim from another machine older than this is taken to be abandoned
+
+
+def try_claim(path: Path) -> bool:
+    """Claim a piece of shared work by creating `path` (host, pid) atomically: True if this process now holds it.
+    A claim whose holder is gone (a dead process on this host, or one from another host left for hours) is taken
+    over. Jobs sharing a cache thus split the work instead of doing it twice."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _abandoned(path):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return True
+    return False
+
+
+def release_claim(path: Path) -> None:
+    """Give up a claim this process holds (after its work is written, or when it fails)."""
+    try:
+        host, pid = Path(path).read_text().split()
+    except (OSError, ValueError):
+        return
+    if host == socket.gethostname() and int(pid) == os.getpid():
+        Path(path).unlink(missing_ok=True)
+
+
+def _abandoned(path: Path) -> bool:
+    try:
+        host, pid = path.read_text().split()
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return True  # unreadable: its writer died between creating and writing it
+    if host != socket.gethostname():
+        return age > STALE_CLAIM_SECONDS
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
