@@ -21,6 +21,7 @@ from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.encode.search import exact_search
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path, weights_stamp
 from pa_retriever.encode.towers import Towers
+from pa_retriever.utils.checks import check_number
 from pa_retriever.utils.distributed import barrier
 from pa_retriever.utils.io import stable_hash, texts_fingerprint
 
@@ -95,6 +96,8 @@ class BM25Teacher:
 
     def __init__(self, name: str, k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en",
                  stemmer: str | None = "english"):
+        check_number(f"teacher {name}: k1", k1, 0, why="BM25's term-frequency saturation")
+        check_number(f"teacher {name}: b", b, 0, 1, why="BM25's length normalisation")
         self.name, self.k1, self.b, self.stopwords, self.stemmer_name = name, k1, b, stopwords, stemmer
 
     def fingerprint(self) -> dict[str, Any]:
