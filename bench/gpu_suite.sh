@@ -2,8 +2,8 @@
 # Every GPU check in one call, each stage's JSON record in $OUT/records (or logs/gpu_suite/records), its log
 # in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, a
 # bf16 step against the CPU's, exact resume), mining against sentence-transformers (SciFact, 100k and 1M
-# synthetic passages), training throughput against it, the SciFact final recipe at 256 tokens with attention
-# dropout, and zero-shot parity. A failed stage is reported and the
+# synthetic passages), training throughput against it, a Mistral-7B-shaped LoRA student's memory and speed, the
+# SciFact final recipe at 256 tokens with attention dropout, and zero-shot parity. A failed stage is reported and the
 # next one runs; the whole suite ends by DEADLINE seconds (default 560), each stage cut at its share.
 #   bash bench/gpu_suite.sh                                  # every stage
 #   STAGES="mine_1m train" bash bench/gpu_suite.sh           # some of them
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-logs/gpu_suite}
 data=${SCIFACT_DIR:-}
 model=${MINILM_DIR:-sentence-transformers/all-MiniLM-L6-v2}
-stages=${STAGES:-env probe tests mine_scifact mine_100k train mine_1m final eval}
+stages=${STAGES:-env probe tests mine_scifact mine_100k train mine_1m llm final eval}
 deadline=${DEADLINE:-560}
 [ -f "$data/corpus.jsonl" ] || { echo "SCIFACT_DIR must name the BEIR SciFact folder (train/dev qrels)"; exit 2; }
 mkdir -p "$out/records" "$out/logs"
@@ -48,6 +48,8 @@ run train 120 python -m bench.train_vs_st --data "$data" --model "$model" --step
   $([ "${PROFILE:-0}" = 1 ] && echo --profile) --out "$out/records/train.json"
 run mine_1m 150 python -m bench.mine_vs_st --data "$data" --model "$model" --synthetic 1000000 --no-st \
   --out "$out/records/mine_1m.json"
+# A Mistral-7B-shaped student, LoRA + checkpointing + GradCache, global batch 128, against sentence-transformers
+run llm 300 python -m bench.llm_memory --batch 128 --chunk 16 --steps 4 --warmup 1 --out "$out/records/llm_memory.json"
 # The final recipe as the CPU cannot afford it: 256 tokens, attention dropout on; train split -> dev.
 run final 150 bash -c "python train.py experiment=scifact/final data.path='$data' data.train_split=train \
   data.split=dev model.name_or_path='$model' teacher.name_or_path='$model' model.query_max_length=256 \

@@ -23,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #   tiny_mistral_dir   MistralModel (hidden 32, 2 layers, 4 heads, 2 kv heads) + a small BPE tokenizer trained
 #                      here: <s> BOS prepended by the post-processor, </s> EOS never added, <unk>, no pad token,
 #                      padding_side="left" (as decoder tokenizers often ship)
+#   tiny_llama_dir, tiny_qwen2_dir   the same shape as Llama and Qwen2 models, with the tiny Mistral's tokenizer
 #   tiny_nv_embed_dir  the tiny Mistral behind remote code (auto_map) with NV-Embed's interface:
 #                      forward(input_ids, attention_mask, pool_mask=None, return_dict=True)
 #                      -> {"sentence_embeddings": mean of the last hidden states over pool_mask}
@@ -130,6 +131,35 @@ def tiny_mistral_dir(tmp_path_factory) -> Path:
     torch.manual_seed(TINY_SEED)
     MistralModel(config).eval().save_pretrained(out)
     return out
+
+
+def _tiny_decoder(tmp_path_factory, tokenizer_dir: Path, name: str) -> Path:
+    """A random 2-layer decoder of another family, with the tiny Mistral's tokenizer."""
+    import torch
+    from transformers import AutoModel, LlamaConfig, Qwen2Config
+
+    out = tmp_path_factory.mktemp(f"tiny_{name}")
+    for path in tokenizer_dir.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(path, out / path.name)
+    mistral = json.loads((tokenizer_dir / "config.json").read_text())
+    shape = dict(vocab_size=mistral["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
+                 bos_token_id=mistral["bos_token_id"], eos_token_id=mistral["eos_token_id"], pad_token_id=None)
+    config = {"llama": LlamaConfig, "qwen2": Qwen2Config}[name](**shape)
+    torch.manual_seed(TINY_SEED)
+    AutoModel.from_config(config).eval().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_mistral_dir) -> Path:
+    return _tiny_decoder(tmp_path_factory, tiny_mistral_dir, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, tiny_mistral_dir) -> Path:
+    return _tiny_decoder(tmp_path_factory, tiny_mistral_dir, "qwen2")
 
 
 @pytest.fixture(scope="session")

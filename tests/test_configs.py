@@ -96,3 +96,16 @@ def test_no_module_imports_from_a_layer_above_it():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pa_retriever."):
                 imported = node.module.split(".")[1]
                 assert LAYERS.index(imported) <= layer, f"{path.relative_to(ROOT)} imports {node.module}"
+
+
+def test_the_fsdp_trainer_shards_each_transformer_layer():
+    import hydra
+    from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+
+    from pa_retriever.training.ddp import HydraFSDPStrategy
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=fsdp"])
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, HydraFSDPStrategy)
+    assert MistralDecoderLayer in strategy.kwargs["auto_wrap_policy"]._module_classes
+    assert MistralDecoderLayer in strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes

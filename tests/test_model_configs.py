@@ -30,7 +30,8 @@ E5_MISTRAL_TASK = "Given a web search query, retrieve relevant passages that ans
 NV_EMBED_TASK = "Given a question, retrieve passages that answer the question"
 ARCTIC_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 
-COMMON = dict(revision=None, normalize=True, append_eos=False, mask_prefix=False, trust_remote_code=False, passage_tower=None,
+COMMON = dict(revision=None, normalize=True, append_eos=False, mask_prefix=False, bidirectional=False,
+              trust_remote_code=False, passage_tower=None,
               query_max_length=512, passage_max_length=512)
 EXPECTED = {  # what each config must say, from its model card
     "minilm": dict(COMMON, name_or_path="sentence-transformers/all-MiniLM-L6-v2", pooling="mean",

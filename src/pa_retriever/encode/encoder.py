@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel
 
+from pa_retriever.encode.bidirectional import BIDIRECTIONAL_MODELS
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
 from pa_retriever.encode.tokenizer import PromptTokenizer, TokenStore, default_tokenize_threads, tokenize_ahead
-from pa_retriever.utils.checks import check_choice, check_count_or_auto
+from pa_retriever.utils.checks import SettingError, check_choice, check_count_or_auto
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,20 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Te
     return (hidden.to(torch.float32) * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def load_model(spec: EncoderSpec, path: str, dtype: torch.dtype, **overrides: Any) -> torch.nn.Module:
+    """The transformer behind a spec from `path`, attending both ways when the spec says so; `overrides` are
+    config fields or loading options (attn_implementation, dropout probabilities)."""
+    model_class = AutoModel
+    if spec.bidirectional:
+        config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        if config.model_type not in BIDIRECTIONAL_MODELS:
+            raise SettingError(f"model.bidirectional=true: {config.model_type} models attend both ways already or are "
+                               f"not supported; bidirectional attention is for {', '.join(BIDIRECTIONAL_MODELS)}")
+        model_class = BIDIRECTIONAL_MODELS[config.model_type]
+    return model_class.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                       dtype=dtype, **overrides)
+
+
 def parameter_count(spec: EncoderSpec) -> int:
     """The model's size, from its config alone (built on the meta device: no weights are read)."""
     path = resolve_model_path(spec.name_or_path)
@@ -136,8 +151,7 @@ class TextEncoder(torch.nn.Module):
         small = compute == torch.float32 or parameter_count(spec) < LARGE_MODEL_PARAMETERS
         weights = torch.float32 if small else compute
         log.info("Loading %s (%s) on %s: %s weights, %s compute", spec.name_or_path, path, device, weights, compute)
-        model = AutoModel.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                          dtype=weights)
+        model = load_model(spec, path, weights)
         threads = default_tokenize_threads(device) if tokenize_threads == "auto" else int(tokenize_threads)
         # A GPU runs a small model's batch of 64 in well under a millisecond: bigger batches keep it busy.
         batch_size = 512 if device.type == "cuda" and small else 64

@@ -36,6 +36,7 @@ class EncoderSpec:
     passage_max_length: int | None = None
     append_eos: bool | None = None  # decoder embedders (e5-mistral, NV-Embed) end every input with EOS
     mask_prefix: bool | None = None  # keep instruction tokens out of the pooling (NV-Embed, NV-Retriever)
+    bidirectional: bool | None = None  # a decoder (Mistral, Llama, Qwen2) attending both ways (NV-Retriever)
     trust_remote_code: bool = False  # only configs whose model needs its own code opt in
     passage_tower: str | None = None  # an exported untied model: the passage tower's subfolder
 
@@ -56,7 +57,7 @@ class EncoderSpec:
         found = read_settings(local_path(resolve_model_path(self.name_or_path)))
         defaults = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
                         query_max_length=512, passage_max_length=512, append_eos=False, mask_prefix=False,
-                        passage_tower=None)
+                        bidirectional=False, passage_tower=None)
         updates = {k: found.get(k, defaults[k]) for k in defaults if getattr(self, k) is None}
         spec = replace(self, **updates)
         check_choice("model.pooling", spec.pooling, POOLINGS)

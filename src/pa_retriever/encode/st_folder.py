@@ -8,8 +8,10 @@ no field for (separate query/passage max lengths, EOS appending, prefix masking,
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +136,12 @@ def write_tower(folder: Path, model: Any, tokenizer: Any, spec: EncoderSpec, pas
     check_exportable(spec)
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
+    # As this project pads (on the right; with EOS where a decoder's tokenizer has no pad token), so that
+    # sentence-transformers can pad too, and positions stay where they were trained
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.save_pretrained(folder)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
@@ -153,7 +161,19 @@ def write_tower(folder: Path, model: Any, tokenizer: Any, spec: EncoderSpec, pas
            {"prompts": prompts, "default_prompt_name": None,
             "similarity_fn_name": "cosine" if spec.normalize else "dot"})
     extra = {"query_max_length": spec.query_max_length, "passage_max_length": spec.passage_max_length,
-             "append_eos": spec.append_eos, "mask_prefix": spec.mask_prefix}
+             "append_eos": spec.append_eos, "mask_prefix": spec.mask_prefix, "bidirectional": spec.bidirectional}
+    if spec.bidirectional:
+        _ship_bidirectional_code(folder, type(model).__name__)
     if passage_tower:
         extra["passage_tower"] = passage_tower
     _write(folder / "encoder_spec.json", extra)
+
+
+def _ship_bidirectional_code(folder: Path, model_class: str) -> None:
+    """The code that makes the saved decoder attend both ways, beside its weights and named in config.json, so that
+    sentence-transformers loads it bidirectional (with trust_remote_code=True; without, it would attend causally)."""
+    from pa_retriever.encode import bidirectional
+    shutil.copy(bidirectional.__file__, folder / "bidirectional.py")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=[model_class], auto_map={"AutoModel": f"bidirectional.{model_class}"})
+    _write(folder / "config.json", config)

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModel
+from peft import LoraConfig, PeftModel, get_peft_model
 
-from pa_retriever.encode.encoder import EncodeSettings, TextEncoder
+from pa_retriever.encode.encoder import DTYPES, EncodeSettings, TextEncoder, load_model
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
 from pa_retriever.encode.st_folder import check_exportable, write_tower
 from pa_retriever.encode.tokenizer import PromptTokenizer
+from pa_retriever.utils.checks import SettingError, check_choice, check_number
 
 PASSAGE_TOWER = "passage_encoder"  # the subfolder of an exported untied model that holds its passage tower
 
@@ -45,8 +46,9 @@ class Towers(torch.nn.Module):
     @classmethod
     def load(cls, spec: EncoderSpec, settings: EncodeSettings = EncodeSettings()) -> Towers:
         """For inference, on the settings' device and precision."""
-        load = lambda s: TextEncoder.load(s, settings.torch_device, settings.precision,  # noqa: E731
-                                          settings.tokenize_threads)
+        def load(tower: EncoderSpec) -> TextEncoder:
+            return TextEncoder.load(tower, settings.torch_device, settings.precision, settings.tokenize_threads)
+
         if not spec.passage_tower:
             return cls(load(spec))
         passage = replace(spec, name_or_path=str(Path(spec.name_or_path) / spec.passage_tower), passage_tower=None)
@@ -54,25 +56,34 @@ class Towers(torch.nn.Module):
 
     @classmethod
     def for_training(cls, spec: EncoderSpec, shared_weights: bool = True,
-                     config_overrides: dict[str, Any] | None = None, gradient_checkpointing: bool = False) -> Towers:
-        """fp32 weights in training mode; an untied pair starts from an exported pair's own towers, else from two
-        copies of one model."""
+                     config_overrides: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
+                     lora: LoraSettings | None = None, weights_dtype: str = "fp32") -> Towers:
+        """Models in training mode, their weights in `weights_dtype` (fp32 master weights by default; bf16 halves a
+        large model's memory); with `lora` only low-rank adapters train. An untied pair starts from an exported
+        pair's own towers, else from two copies of one model."""
         if spec.passage_tower and shared_weights:
             raise ValueError(f"{spec.name_or_path} has its own passage tower ({spec.passage_tower}/): train it with "
                              "module.shared_weights=false, or one tower would be lost")
+        check_choice("module.weights_dtype", weights_dtype, ("fp32", "bf16"))
         path = resolve_model_path(spec.name_or_path)
         tokenizer = PromptTokenizer.load(spec)
-        model = _trainable_model(spec, path, config_overrides, gradient_checkpointing, spec.revision)
+        def load(folder: str) -> torch.nn.Module:
+            return _trainable_model(spec, folder, DTYPES[weights_dtype], config_overrides, gradient_checkpointing, lora)
+
+        model = load(path)
         if shared_weights:
             return cls(TextEncoder(model, tokenizer))
-        passage = (_trainable_model(spec, str(Path(path) / spec.passage_tower), config_overrides,
-                                    gradient_checkpointing) if spec.passage_tower else copy.deepcopy(model))
+        passage = load(str(Path(path) / spec.passage_tower)) if spec.passage_tower else copy.deepcopy(model)
         return cls(TextEncoder(model, tokenizer), TextEncoder(passage, tokenizer))
 
     def save(self, folder: Path) -> Path:
-        """A sentence-transformers folder (the query tower); an untied passage tower goes to its subfolder."""
+        """A sentence-transformers folder (the query tower); an untied passage tower goes to its subfolder. LoRA
+        adapters are merged into the weights first (in place: the towers hold merged models afterwards)."""
         check_exportable(self.spec)
         folder = Path(folder)
+        for tower in (self.query, self.passage):
+            if tower is not None and isinstance(tower.model, PeftModel):
+                tower.model = tower.model.merge_and_unload()
         write_tower(folder, self.query.model, self.query.tokenizer.tokenizer, self.spec,
                     passage_tower=None if self.passage is None else PASSAGE_TOWER)
         if self.passage is not None:
@@ -81,13 +92,47 @@ class Towers(torch.nn.Module):
         return folder
 
 
-def _trainable_model(spec: EncoderSpec, path: str, config_overrides: dict[str, Any] | None,
-                     gradient_checkpointing: bool, revision: str | None = None) -> torch.nn.Module:
-    model = AutoModel.from_pretrained(path, revision=revision, trust_remote_code=spec.trust_remote_code,
-                                      dtype=torch.float32, **(config_overrides or {}))
+@dataclass(frozen=True)
+class LoraSettings:
+    """Low-rank adapters (peft) on the named linear layers: only they train (NV-Retriever: rank 16, alpha 32)."""
+
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        check_number("module.lora.r", self.r, 1, integer=True, why="the adapters' rank")
+        check_number("module.lora.alpha", self.alpha, 0, low_open=True, why="the adapters' scale is alpha / r")
+        check_number("module.lora.dropout", self.dropout, 0, 1, high_open=True)
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise SettingError(f"module.lora.target_modules={list(self.target_modules)!r} must name the linear layers "
+                               "to adapt, e.g. [q_proj, k_proj, v_proj, o_proj]")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LoraSettings | None:
+        if not cfg:
+            return None
+        values = dict(cfg)
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+
+def _trainable_model(spec: EncoderSpec, path: str, dtype: torch.dtype, config_overrides: dict[str, Any] | None,
+                     gradient_checkpointing: bool, lora: LoraSettings | None) -> torch.nn.Module:
+    model = load_model(spec, path, dtype, **(config_overrides or {}))
     model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes: dropout would be off
     if spec.pooling != "model" and getattr(model, "pooler", None) is not None:
         model.pooler.requires_grad_(False)  # BERT's pooler head is unused by our pooling; DDP would wait on it
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    if lora is None:
+        return model
+    present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if missing := [m for m in lora.target_modules if m not in present]:
+        raise SettingError(f"module.lora.target_modules names {missing}, which {path} does not have (its linear "
+                           f"layers: {sorted(present)})")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), bias="none")
+    return get_peft_model(model, config)  # freezes everything but the adapters, which stay in fp32

@@ -95,7 +95,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # weights only: a checkpoint never runs code, whoever wrote it
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"],
+                               strict=module.strict_loading)
         log.info("Best checkpoint: %s", best)
     model_dir = module.towers.cpu().save(out_dir / "model")
     scored = _score_export(cfg, run, model_dir, out_dir, trainer.loggers)

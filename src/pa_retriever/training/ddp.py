@@ -1,4 +1,4 @@
-"""DDP that keeps a Hydra job in its own run dir, also inside a multirun.
+"""DDP and FSDP that keep a Hydra job in its own run dir, also inside a multirun.
 
 Lightning's DDP re-launches the script for ranks 1..N-1 with the original command line. Inside a Hydra
 multirun that command line is the whole sweep (`-m mining=a,b,c`), so every child would start a sweep of its
@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+import hydra
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from pa_retriever.training.lightning_compat import SubprocessScriptLauncher, child_command
 
@@ -58,10 +59,23 @@ def end_job() -> None:
         _env_before_launch = None
 
 
-class HydraDDPStrategy(DDPStrategy):
-    """`ddp` for Hydra jobs: children re-run this job, in this job's run dir."""
+class _HydraJobLaunch:
+    """Mixed into a multi-process strategy: children re-run this Hydra job, in this job's run dir."""
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if type(self._launcher) is SubprocessScriptLauncher:
             self._launcher = _JobScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+
+class HydraDDPStrategy(_HydraJobLaunch, DDPStrategy):
+    """`ddp` for Hydra jobs."""
+
+
+class HydraFSDPStrategy(_HydraJobLaunch, FSDPStrategy):
+    """`fsdp` for Hydra jobs: parameters, gradients and optimizer states sharded over the processes."""
+
+
+def layer_types(names: list[str]) -> set[type]:
+    """Module classes by dotted name: FSDP wraps (and checkpoints) each instance as a unit."""
+    return {hydra.utils.get_class(name) for name in names}

@@ -16,11 +16,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.encode.encoder import resolve_dtype
 from pa_retriever.encode.spec import EncoderSpec
-from pa_retriever.encode.towers import Towers
+from pa_retriever.encode.towers import LoraSettings, Towers
 from pa_retriever.eval.retrieval import evaluate_embeddings
+from pa_retriever.training.grad_cache import CachedEncoding
 from pa_retriever.training.lightning_compat import batches_completed
 from pa_retriever.training.loss import contrastive_loss
-from pa_retriever.utils.checks import check_number
+from pa_retriever.utils.checks import SettingError, check_number
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1,
@@ -41,23 +42,43 @@ class BiEncoderModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, temperature: float = 0.05,
                  in_batch_negatives: bool = True, gradient_checkpointing: bool = False, weight_decay: float = 0.01,
                  val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
-                 config_overrides: dict[str, Any] | None = None, seed: int = 0, val_data: RetrievalData | None = None):
+                 config_overrides: dict[str, Any] | None = None, seed: int = 0, lora: dict[str, Any] | None = None,
+                 weights_dtype: str = "fp32", grad_cache_chunk: int | None = None,
+                 val_data: RetrievalData | None = None):
         super().__init__()
         check_number("module.temperature", temperature, 0, low_open=True, why="InfoNCE divides scores by it")
         check_number("module.weight_decay", weight_decay, 0)
         check_number("module.val_k", val_k, 1, integer=True)
         check_number("module.optimizer.lr", getattr(optimizer, "keywords", {}).get("lr", 1e-3), 0, low_open=True)
+        if grad_cache_chunk is not None:
+            check_number("module.grad_cache_chunk", grad_cache_chunk, 1, integer=True, why="texts per forward pass")
+        adapters = LoraSettings.from_config(lora)
         # plain values only, so a checkpoint loads with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["spec", "optimizer", "scheduler", "val_data"])
         self.hparams["spec"] = spec.as_dict()
-        self.towers = Towers.for_training(spec, shared_weights, config_overrides, gradient_checkpointing)
+        self.towers = Towers.for_training(spec, shared_weights, config_overrides, gradient_checkpointing, adapters,
+                                          weights_dtype)
+        self.strict_loading = adapters is None  # with adapters a checkpoint holds them alone: the base is reloaded
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_data = val_data  # the split validation scores: its queries, corpus and judgements
         self._val_parts: list = []
+        self._cached: CachedEncoding | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.grad_cache_chunk and self.trainer.world_size > 1:
+            raise SettingError("module.grad_cache_chunk runs on one process for now: under DDP its second pass would "
+                               "synchronise gradients once per chunk; use module.grad_cache_chunk=null")
+
+    def _encode(self, kind: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.towers.tower(kind)(**tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        queries = self.towers.tower("query")(**batch["queries"])
-        passages = self.towers.tower("passage")(**batch["passages"])
+        if self.hparams.grad_cache_chunk:  # GradCache: embeddings now, their gradient through the towers in backward
+            self._cached = CachedEncoding(self._encode, self.hparams.grad_cache_chunk)
+            queries = self._cached.embed("query", batch["queries"])
+            passages = self._cached.embed("passage", batch["passages"])
+        else:
+            queries, passages = self._encode("query", batch["queries"]), self._encode("passage", batch["passages"])
         loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
                                           self.hparams.temperature, self.hparams.in_batch_negatives)
         size = batch["passage_idx"].shape[0]
@@ -67,6 +88,18 @@ class BiEncoderModule(L.LightningModule):
         self.log("train/embedding_std", passages.detach().std(dim=0).mean(), batch_size=size)
         self.log("train/hard_negatives", (batch["passage_idx"][:, 1:] >= 0).float().sum(1).mean(), batch_size=size)
         return loss
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self._cached is None:
+            return super().backward(loss, *args, **kwargs)
+        self._cached.backward(loss)
+        self._cached = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With adapters, only what trains is saved: the frozen base (7B for Mistral) is reloaded from its folder."""
+        if not self.strict_loading:
+            trained = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
 
     # Validation: encode the dev queries and the whole corpus, then nDCG@10 as evaluate.py computes it.
     def on_validation_epoch_start(self) -> None:
