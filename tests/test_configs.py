@@ -29,7 +29,7 @@ def test_experiments_compose(experiment):
 @pytest.mark.parametrize("method", names("mining"))
 def test_mining_configs_build_methods(method):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("mine", overrides=[f"+mining={method}"])
+        cfg = compose("mine", overrides=[f"mining={method}"])
     assert MiningMethod.from_config(cfg.mining).name == Path(method).name
 
 

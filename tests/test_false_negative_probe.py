@@ -5,12 +5,8 @@ from test_mining_methods import SCORES, candidates
 
 from pa_retriever.data.beir import DataFormatError, read_false_negatives
 from pa_retriever.mining.methods import MiningMethod
-from pa_retriever.mining.probe import (
-    false_negative_picks,
-    false_negative_report,
-    hold_out_positives,
-    listed_false_negatives,
-)
+from pa_retriever.mining.probe import (false_negative_picks, false_negative_report, hold_out_positives,
+                                       listed_false_negatives)
 
 NAIVE, PERCPOS = MiningMethod("naive", 4), MiningMethod("percpos", 4, filter="percpos", perc=0.95)
 

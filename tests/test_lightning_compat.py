@@ -7,13 +7,8 @@ import torch
 from lightning.pytorch.loops import training_epoch_loop
 from lightning.pytorch.strategies.launchers import subprocess_script
 
-from pa_retriever.training.lightning_compat import (
-    RESUME_WARNING,
-    SubprocessScriptLauncher,
-    batches_completed,
-    child_command,
-    resume_position,
-)
+from pa_retriever.training.lightning_compat import (RESUME_WARNING, SubprocessScriptLauncher, batches_completed,
+                                                    child_command, resume_position)
 
 
 class _Tiny(L.LightningModule):

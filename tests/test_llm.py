@@ -165,8 +165,14 @@ def test_nv_retriever_v1_stage_one_then_two_with_a_tiny_mistral(tiny_mistral_dir
               f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}", "encode.progress=false",
               "trainer.max_epochs=2", "logger=csv"]
     run_script("train.py", ["experiment=nv_retriever_v1/stage1", *common])
+    sts = tmp_path / "sts.jsonl"  # non-retrieval data: pairs with their own negatives
+    sts.write_text("".join(json.dumps({"query": f"a sentence about {w}", "positive": f"another about {w}",
+                                       "negatives": [f"a line on {v}" for v in ("rocks", "tides", "bread") if v != w]})
+                           + "\n" for w in ("rocks", "tides", "bread", "stars", "salt")))
     stage2 = [arg for arg in common if not arg.startswith("model.name_or_path")]  # stage 2 starts from stage 1
-    run_script("train.py", ["experiment=nv_retriever_v1/stage2", *stage2])
+    run_script("train.py", ["experiment=nv_retriever_v1/stage2", *stage2, "data.datasets=[{path: "
+                            "${paths.data_dir}/demo}, {path: " + str(sts) + ", teacher: given, mining: naive_topk, "
+                            "in_batch_negatives: false, instruction: Retrieve semantically similar text}]"])
     for stage in ("stage1", "stage2"):
         folder = tmp_path / "logs" / "nv_retriever_v1" / stage / "model"
         summary = json.loads((folder.parent / "summary.json").read_text())

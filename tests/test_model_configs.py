@@ -28,6 +28,7 @@ CONF_DIR = ROOT / "conf"
 
 E5_MISTRAL_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 NV_EMBED_TASK = "Given a question, retrieve passages that answer the question"
+NV_RETRIEVER_TASK = "Given a question, retrieve passages that answer the question"
 ARCTIC_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 
 COMMON = dict(revision=None, normalize=True, append_eos=False, mask_prefix=False, bidirectional=False,
@@ -47,8 +48,12 @@ EXPECTED = {  # what each config must say, from its model card
     "nv_embed": dict(COMMON, name_or_path="nvidia/NV-Embed-v1", pooling="model",
                      query_prefix=f"Instruct: {NV_EMBED_TASK}\nQuery: ", passage_prefix="", append_eos=True,
                      mask_prefix=True, trust_remote_code=True),
+    "nv_retriever_v1": dict(COMMON, name_or_path="mistralai/Mistral-7B-v0.1", pooling="mean",
+                            query_prefix=f"{NV_RETRIEVER_TASK}: ", passage_prefix="passage: ", query_max_length=192,
+                            passage_max_length=512, mask_prefix=True, bidirectional=True),
 }
-FAMILY = {"e5": "bert", "e5_large_v2": "bert", "arctic": "bert", "e5_mistral": "mistral", "nv_embed": "nv_embed"}
+FAMILY = {"e5": "bert", "e5_large_v2": "bert", "arctic": "bert", "e5_mistral": "mistral", "nv_embed": "nv_embed",
+          "nv_retriever_v1": "mistral"}
 TINY_CONFIGS = sorted(FAMILY)
 
 
@@ -169,9 +174,37 @@ def reference_nv_embed(model_dir: Path, texts: list[str], kind: str, max_length:
     return F.normalize(out["sentence_embeddings"], p=2, dim=-1).numpy()
 
 
+@torch.no_grad()
+def reference_nv_retriever(model_dir: Path, texts: list[str], kind: str, max_length: int) -> np.ndarray:
+    """The NV-Retriever paper: Mistral with its causal mask replaced by the padding mask alone (every token
+    attends to every token), queries "{instruction}: {query}" and passages "passage: {text}", the mean over the
+    text's own tokens (BOS and the prompt's tokens as they stand before the text left out, as the NV-Embed card
+    counts them), normalised."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "right"
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    for module in model.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
+    prompt = f"{NV_RETRIEVER_TASK}: " if kind == "query" else "passage: "
+    batch = tokenizer([prompt + t for t in texts], max_length=max_length, truncation=True, padding=True,
+                      return_tensors="pt")
+    mask = batch["attention_mask"]
+    size, length = mask.shape
+    both_ways = ((1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min).expand(size, 1, length, length)
+    hidden = model(input_ids=batch["input_ids"], attention_mask=both_ways).last_hidden_state
+    pool = mask.clone()
+    pool[:, :len(tokenizer.tokenize(prompt))] = 0
+    embeddings = (hidden * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)
+    return F.normalize(embeddings, p=2, dim=-1).numpy()
+
+
 def reference(name: str, model_dir: Path, texts: list[str], kind: str) -> np.ndarray:
     expected = EXPECTED[name]
     max_length = expected[f"{kind}_max_length"]
+    if name == "nv_retriever_v1":
+        return reference_nv_retriever(model_dir, texts, kind, max_length)
     if name == "e5_mistral":
         return reference_e5_mistral(model_dir, texts, kind, max_length)
     if name == "nv_embed":
@@ -225,7 +258,8 @@ def test_padding_invariance(name, kind, tiny_encoder):
 @pytest.mark.parametrize("kind", ["query", "passage"])
 def test_max_length_truncates(name, kind, tiny_encoder, tiny_dirs):
     """A very long text gives exactly max_length tokens: the head of its full tokenisation (the prefix first),
-    then the closing token: EOS where the config appends it, BERT's [SEP] otherwise."""
+    then the closing token: EOS where the config appends it, BERT's [SEP] otherwise; a decoder that appends
+    nothing simply stops at max_length."""
     encoder = tiny_encoder(name)
     hf = encoder.tokenizer.tokenizer
     last = hf.eos_token_id if EXPECTED[name]["append_eos"] else hf.sep_token_id
@@ -237,6 +271,9 @@ def test_max_length_truncates(name, kind, tiny_encoder, tiny_dirs):
         tokenizer = type(encoder.tokenizer)(hf, spec)
         (ids,) = tokenizer([LONG_TEXT], kind)
         assert len(ids) == max_length
+        if last is None:
+            assert ids == full[:max_length]
+            continue
         assert ids[:-1] == full[: max_length - 1] and ids[-1] == last and last not in ids[:-1]
         (short,) = tokenizer(["volcano"], kind)
         assert len(short) <= max_length and short[-1] == last and last not in short[:-1]

@@ -32,7 +32,7 @@ def datamodule(tiny_bert_dir, tmp_path):
 
 
 def test_negatives_are_the_same_in_workers_and_rotate_by_epoch(datamodule):
-    dataset = datamodule.train_set
+    dataset = datamodule.train_set.parts[0]
     keys = [(i, 0) for i in range(len(dataset))]
     in_process = [dataset[k].passage_idx for k in keys]
     loader = DataLoader(dataset, batch_size=None, sampler=keys, num_workers=2)
@@ -44,7 +44,7 @@ def test_negatives_are_the_same_in_workers_and_rotate_by_epoch(datamodule):
 
 def test_every_pair_is_trained_and_no_negative_is_a_positive(datamodule):
     from pa_retriever.mining.stats import method_stats
-    dataset = datamodule.train_set
+    dataset = datamodule.train_set.parts[0]
     assert len(dataset) == 61  # every (query, positive) pair of the demo train split
     short_queries = set()
     for i in range(len(dataset)):
@@ -56,7 +56,8 @@ def test_every_pair_is_trained_and_no_negative_is_a_positive(datamodule):
         if len(negatives) < 4:
             short_queries.add(int(dataset.pairs[i][0]))
     # A query short of negatives still trains (empty slots are masked), and the shortfall is counted.
-    stats = method_stats(list(datamodule.source.load(datamodule.train).values()), datamodule.method)
+    part = datamodule.parts[0]
+    stats = method_stats(list(part.source.load(part.train).values()), part.method)
     assert stats.queries_short == len(short_queries)
 
 
@@ -88,8 +89,9 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
     from pa_retriever.mining.methods import MiningMethod
     from pa_retriever.mining.source import NoTeacher
     from pa_retriever.training.datamodule import RetrievalDataModule
-    module = RetrievalDataModule(None, NoTeacher(), EncoderSpec("unused"), MiningMethod("none", num_negatives=0),
-                                 batch_size=16)
+    from pa_retriever.training.datamodule import TrainingPart
+    part = TrainingPart("unused", None, NoTeacher(), MiningMethod("none", num_negatives=0), EncoderSpec("unused"))
+    module = RetrievalDataModule([part], batch_size=16)
     module.trainer = SimpleNamespace(global_rank=0, world_size=1, accumulate_grad_batches=1)
     module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1})
     assert module.start == (2, 5)

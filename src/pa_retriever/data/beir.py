@@ -69,6 +69,7 @@ class RetrievalData:
     queries: list[str]
     qrels: dict[str, dict[str, int]]
     report: LoadReport
+    given_negatives: dict[str, list[str]] | None = None  # pair data: each query's negatives as its file gives them
 
     def __post_init__(self) -> None:
         self.passage_index = {pid: i for i, pid in enumerate(self.corpus_ids)}

@@ -1,4 +1,5 @@
-"""Where a retrieval dataset lives and how to read it: a BEIR folder, fetched from a url when it is missing."""
+"""Where a retrieval dataset lives and how to read it: a BEIR folder (fetched from a url when it is missing), or
+training pairs in a JSONL file or a saved Hugging Face dataset (data/pairs.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from pa_retriever.data.beir import RetrievalData, load_split, qrels_files, read_false_negatives
 from pa_retriever.data.download import fetch_beir_zip
+from pa_retriever.data.pairs import is_saved_dataset, load_pairs
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class DataSource:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.stem if self.path.is_file() else self.path.name
 
     def root(self) -> Path:
         """The local folder, downloaded first when it is missing and there is a url."""
@@ -36,14 +38,26 @@ class DataSource:
             fetch_beir_zip(self.url, self.path)
         return self.path
 
+    @property
+    def pairs(self) -> bool:
+        """Training pairs (a JSONL file, a saved dataset) rather than a BEIR folder."""
+        return self.path.suffix == ".jsonl" or is_saved_dataset(self.path)
+
     def load(self, split: str) -> RetrievalData:
-        """One split (splits join with '+': `train+dev`)."""
+        """One split (splits join with '+': `train+dev`); pair data holds its training split alone."""
+        if self.pairs:
+            if split != "train":
+                raise FileNotFoundError(f"{self.path} holds training pairs alone, no split '{split}' (a dev or test "
+                                        "split needs a BEIR folder; data.val_split=null trains without one)")
+            return load_pairs(self.path)
         return load_split(self.root(), split, strict=self.strict, use_title=self.use_title)
 
     def missing_judgements(self, split: str) -> list[Path]:
         """The judgement files of `split` that are missing (empty when the split can be scored)."""
+        if self.pairs:
+            return [self.path]
         return [p for p in qrels_files(self.root(), split) if not p.is_file()]
 
     def false_negatives(self) -> dict[str, set[str]]:
         """Known unlabelled positives the dataset lists in false_negatives.tsv ({} when it lists none)."""
-        return read_false_negatives(self.root())
+        return {} if self.pairs else read_false_negatives(self.root())

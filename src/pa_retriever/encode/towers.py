@@ -43,6 +43,17 @@ class Towers(torch.nn.Module):
     def encode_ranges(self, texts: Sequence[str], kind: str, *args, **kwargs) -> Iterator[np.ndarray]:
         return self.tower(kind).encode_ranges(texts, kind, *args, **kwargs)
 
+    def prompted(self, spec: EncoderSpec) -> Towers:
+        """The same models, with the prompts of `spec` (a dataset's own instruction)."""
+        def retold(tower: TextEncoder | None) -> TextEncoder | None:
+            if tower is None:
+                return None
+            prompts = replace(tower.spec, query_prefix=spec.query_prefix, passage_prefix=spec.passage_prefix)
+            return TextEncoder(tower.model, PromptTokenizer(tower.tokenizer.tokenizer, prompts), tower.compute_dtype,
+                               tower.tokenize_threads, tower.batch_size)
+
+        return Towers(retold(self.query), retold(self.passage))
+
     @classmethod
     def load(cls, spec: EncoderSpec, settings: EncodeSettings = EncodeSettings()) -> Towers:
         """For inference, on the settings' device and precision."""

@@ -278,3 +278,13 @@ def select_negatives(candidates: list[CandidateArrays], rows: np.ndarray, method
         parts.append(select_single(teacher_candidates, rows, method, rng, share + (t < extra), exclude=taken))
         parts[-1].source[:] = t
     return _stack(parts)
+
+
+def negatives_for(candidates: list[CandidateArrays], row: int, method: MiningMethod, seed: int,
+                  epoch: int) -> np.ndarray:
+    """The negatives query `row` trains with in `epoch`: drawn by a generator seeded by (seed, epoch, row), so
+    that any worker, process or resumed run, and mine.py's export, draw exactly these (cross_sample's teacher is
+    drawn by (seed, row), once per run, as the paper mines once)."""
+    rng = np.random.default_rng([seed, epoch, row])
+    teacher_rng = np.random.default_rng([seed, row])
+    return select_negatives(candidates, np.array([row]), method, rng, teacher_rng).idx[0]

@@ -17,7 +17,7 @@ from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.mining.methods import ENSEMBLE_METHODS, MiningMethod
 from pa_retriever.mining.miner import CandidateSettings, data_fingerprint, ensure_candidates, trainable_queries
 from pa_retriever.mining.teachers import Teacher, build_teachers
-from pa_retriever.utils.checks import check_number
+from pa_retriever.utils.checks import SettingError, check_number
 
 
 class CandidateSource(Protocol):
@@ -96,11 +96,48 @@ class NoTeacher:
                                               no_scores, len(data.passages))}
 
 
+class GivenNegatives:
+    """The negatives pair data gives each query, in its order, with no teacher: classification, clustering and STS
+    data come with theirs. Unscored (stored as 0), they serve the methods that read no score: naive top-k takes
+    them in order, random ignores them."""
+
+    name = "given"
+
+    def check(self, method: MiningMethod) -> None:
+        if method.filter != "none" or method.select not in ("top", "random") or method.ensemble is not None:
+            raise SettingError(f"teacher=given: the data's own negatives carry no teacher score, which "
+                               f"mining={method.name} needs; use mining=naive_topk (them, in order) or a teacher")
+
+    def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
+        if not data.given_negatives:
+            raise SettingError("teacher=given: the data gives no negatives (pair rows without 'negatives')")
+
+    def load(self, data: RetrievalData) -> dict[str, CandidateArrays]:
+        self.mine(data)
+        rows, pos_idx = trainable_queries(data)
+        by_text: dict[str, list[int]] = {}  # queries of one text train as one: all their negatives
+        for qid, text in zip(data.query_ids, data.queries):
+            by_text.setdefault(text, []).extend(data.passage_index[p] for p in data.given_negatives.get(qid, []))
+        lists = [[p for p in dict.fromkeys(by_text[data.queries[r]]) if p not in set(pos_idx[i])]
+                 for i, r in enumerate(rows)]
+        neg_idx = np.full((len(rows), max(map(len, lists), default=0)), -1, np.int64)
+        for i, found in enumerate(lists):
+            neg_idx[i, :len(found)] = found
+        no_idx, no_scores = np.full((len(rows), 0), -1, np.int64), np.full((len(rows), 0), -np.inf, np.float32)
+        return {"given": CandidateArrays([data.query_ids[i] for i in rows], pos_idx,
+                                         np.full(pos_idx.shape, np.nan, np.float32), neg_idx,
+                                         np.where(neg_idx >= 0, 0.0, -np.inf).astype(np.float32), no_idx, no_scores,
+                                         len(data.passages))}
+
+
 def candidate_source(method: MiningMethod | None, teacher_cfg: Any, candidates_cfg: Any, settings: EncodeSettings,
                      cache_dir: Path, dataset: str) -> CandidateSource:
-    """The teacher's stored candidates, or none for a method that reads no teacher score (None: always mine)."""
+    """The teacher's stored candidates, the data's own negatives (teacher=given), or none for a method that reads no
+    teacher score (None: always mine)."""
     if method is not None and not method.uses_teacher:
         return NoTeacher()
+    if teacher_cfg == "given":
+        return GivenNegatives()
     stored = CandidateSettings(**candidates_cfg)
     return MinedCandidates(teacher_cfg.name, build_teachers(teacher_cfg, settings, cache_dir, stored.shard_size),
                            stored, cache_dir, dataset)

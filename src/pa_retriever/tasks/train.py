@@ -24,10 +24,10 @@ from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.encode.st_folder import check_exportable
 from pa_retriever.encode.towers import Towers
 from pa_retriever.eval.retrieval import format_table, score_model, write_results
-from pa_retriever.mining.methods import MiningMethod
-from pa_retriever.mining.source import CandidateSource, candidate_source
+from pa_retriever.mining.source import candidate_source
+from pa_retriever.tasks.datasets import datasets
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_group, instantiate_loggers, log_config, task_wrapper
-from pa_retriever.training.datamodule import RetrievalDataModule
+from pa_retriever.training.datamodule import RetrievalDataModule, TrainingPart
 from pa_retriever.training.ddp import end_job
 from pa_retriever.training.model_card import model_card
 from pa_retriever.training.module import BiEncoderModule, training_precision
@@ -49,31 +49,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
 class TrainingRun:
     """What a training run is built from, each piece handed to what needs it."""
 
-    data: DataSource
+    data: DataSource | None  # what is validated and scored (data.path); None for a blend without one
     spec: EncoderSpec
-    method: MiningMethod
     settings: EncodeSettings
-    source: CandidateSource
-    train: RetrievalData
+    parts: list[TrainingPart]
     val: RetrievalData | None
     datamodule: RetrievalDataModule
 
 
 def build(cfg: DictConfig) -> TrainingRun:
-    """The run's objects from its config; what cannot work (an unexportable student, a teacher the method cannot
-    read) is refused here, before any mining."""
-    data = DataSource.from_config(cfg.data)
+    """The run's objects from its config; what cannot work (an unexportable student, a teacher a method cannot
+    read, a bad setting) is refused here, before any model loads or any mining starts."""
+    entries = datasets(cfg, "train_split")
     spec = EncoderSpec.from_config(cfg.model)
     check_exportable(spec)
-    method = MiningMethod.from_config(cfg.mining)
     settings = EncodeSettings.from_config(cfg.encode)
-    source = candidate_source(method, cfg.teacher, cfg.candidates, settings, Path(cfg.paths.cache_dir), data.name)
-    train_split = data.load(cfg.data.train_split)
-    val_split = data.load(cfg.data.val_split) if cfg.data.get("val_split") else None
+    cache = Path(cfg.paths.cache_dir)
+    parts = [TrainingPart(d.name, d.source.load(d.split),
+                          candidate_source(d.method, d.teacher_cfg, cfg.candidates, settings, cache, d.name), d.method,
+                          EncoderSpec.from_config(d.model_cfg), d.weight, d.in_batch_negatives) for d in entries]
+    data = DataSource.from_config(cfg.data) if not OmegaConf.is_missing(cfg.data, "path") else None
+    val = data.load(cfg.data.val_split) if data is not None and cfg.data.get("val_split") else None
     # The objects go in after instantiation: instantiate would copy them into configs.
     datamodule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
-        train=train_split, source=source, spec=spec, method=method, val=val_split)
-    return TrainingRun(data, spec, method, settings, source, train_split, val_split, datamodule)
+        parts=parts, val=val, blend=cfg.data.get("blend", "proportional"))
+    return TrainingRun(data, spec, settings, parts, val, datamodule)
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
@@ -81,8 +81,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     run = build(cfg)
     module: BiEncoderModule = hydra.utils.instantiate(cfg.module, _partial_=True, _convert_="all")(
         spec=run.spec, val_data=run.val)
-    trainer = _trainer(cfg, validating=run.val is not None, callback_arguments={
-        "mining_stats": {"source": run.source, "data": run.train, "method": run.method, "seed": cfg.seed}})
+    trainer = _trainer(cfg, validating=run.val is not None,
+                       callback_arguments={"mining_stats": {"parts": run.parts, "seed": cfg.seed}})
     log_config(trainer.loggers, cfg)
     if cfg.validate_before_training and run.val is not None and not cfg.trainer.get("fast_dev_run"):
         trainer.validate(module, datamodule=run.datamodule)
@@ -100,17 +100,22 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         log.info("Best checkpoint: %s", best)
     model_dir = module.towers.cpu().save(out_dir / "model")
     scored = _score_export(cfg, run, model_dir, out_dir, trainer.loggers)
+    trained_on = ", ".join(f"{part.name} ({part.train.report.split})" for part in run.parts)
     (model_dir / "README.md").write_text(model_card(
-        cfg.model.name, run.spec, cfg.model.name_or_path, cfg.teacher.name, run.method, str(cfg.data.path),
-        cfg.data.train_split, scored, OmegaConf.to_container(cfg.mining)))
-    candidates = run.source.load(run.train)
+        cfg.model.name, run.spec, cfg.model.name_or_path, cfg.teacher.name, run.parts[0].method, trained_on, scored,
+        OmegaConf.to_container(cfg.mining)))
+    candidates = {part.name: part.source.load(part.train) for part in run.parts}
+    single = len(run.parts) == 1  # one dataset keeps the summary's shape: seconds by teacher
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     write_json_atomic(out_dir / "summary.json", {
         "method": cfg.mining.name, "teacher": cfg.teacher.name, "seed": cfg.seed, "model": cfg.model.name,
-        "data": str(cfg.data.path), "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
+        "data": str(cfg.data.path) if single else [part.name for part in run.parts],
+        "split": cfg.data.split, "fit_seconds": round(fit_seconds, 1),
         "train_seconds": round(timer.time_elapsed("train"), 1) if timer else None,
-        "mining_seconds": {name: c.manifest["seconds"] for name, c in candidates.items() if "seconds" in c.manifest},
-        "train_pairs": int((next(iter(candidates.values())).pos_idx >= 0).sum()),
+        "mining_seconds": {(teacher if single else f"{name}/{teacher}"): c.manifest["seconds"]
+                           for name, by_teacher in candidates.items() for teacher, c in by_teacher.items()
+                           if "seconds" in c.manifest},
+        "train_pairs": sum(int((next(iter(c.values())).pos_idx >= 0).sum()) for c in candidates.values()),
         "metrics": scored[1] if scored else None, "metrics_precision": scored[2] if scored else None})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
@@ -122,6 +127,9 @@ def _score_export(cfg: DictConfig, run: TrainingRun, model_dir: Path, out_dir: P
     """(split, metrics, precision) of the exported folder on data.split, scored as evaluate.py scores it but at
     this run's encode.precision (auto: bf16 where native, for speed); None when the split has no judgements."""
     if not cfg.test_after_training:
+        return None
+    if run.data is None:
+        log.warning("No data.path: a blend without one is not evaluated (evaluate.py scores its datasets later)")
         return None
     if unjudged := run.data.missing_judgements(cfg.data.split):
         log.warning("No %s: the trained model is not evaluated (evaluate.py model=folder scores it later)",

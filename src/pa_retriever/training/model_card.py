@@ -8,15 +8,15 @@ from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.mining.methods import MiningMethod
 
 
-def model_card(name: str, spec: EncoderSpec, base_model: str, teacher: str, method: MiningMethod, data: str,
-               train_split: str, scored: tuple[str, dict[str, float], str] | None = None,
+def model_card(name: str, spec: EncoderSpec, base_model: str, teacher: str, method: MiningMethod, trained_on: str,
+               scored: tuple[str, dict[str, float], str] | None = None,
                mining_settings: dict[str, Any] | None = None) -> str:
     """`scored`: (split, metrics, precision) of the exported model, when it was evaluated."""
     teacher_line = f"`{teacher}`" if method.uses_teacher else "none (the method reads no teacher score)"
     lines = [f"# {name} fine-tuned with positive-aware hard negatives", "",
              f"- base model: `{base_model}`", f"- teacher: {teacher_line}",
              f"- mining: `{mining_settings if mining_settings is not None else method}`",
-             f"- data: `{data}` ({train_split})"]
+             f"- trained on: {trained_on}"]
     if scored:
         split, metrics, precision = scored
         lines.append(f"- {split} (encoded in {precision}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

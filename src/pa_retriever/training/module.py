@@ -79,8 +79,9 @@ class BiEncoderModule(L.LightningModule):
             passages = self._cached.embed("passage", batch["passages"])
         else:
             queries, passages = self._encode("query", batch["queries"]), self._encode("passage", batch["passages"])
+        in_batch = batch.get("in_batch_negatives", self.hparams.in_batch_negatives)  # a blend's dataset may say
         loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
-                                          self.hparams.temperature, self.hparams.in_batch_negatives)
+                                          self.hparams.temperature, in_batch)
         size = batch["passage_idx"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)
