@@ -36,9 +36,9 @@ def test_mining_configs_build_methods(method):
 @pytest.mark.parametrize("teacher", names("teacher"))
 def test_teacher_configs_build_teachers(teacher, tmp_path):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        # a trained folder (round two's is made by round one) is named here by a stand-in hub id
+        # a trained folder (round two's is made by round one, a cross-encoder's by you) is named by a stand-in id
         cfg = compose("mine", overrides=[f"teacher={teacher}", "teacher.name_or_path=x"]
-                      if teacher in ("folder", "round2") else [f"teacher={teacher}"])
+                      if teacher in ("folder", "round2", "cross_encoder") else [f"teacher={teacher}"])
     teachers = build_teachers(cfg.teacher, EncodeSettings.from_config(cfg.encode), tmp_path, 1000)
     assert len(teachers) == (2 if teacher == "small_ensemble" else 4 if teacher == "paper_ensemble" else 1)
 

@@ -62,7 +62,9 @@ def test_two_process_mining_equals_one_process(tiny_bert_dir, tmp_path):
     args = ["candidates.shard_size=40", "candidates.depth=30", *tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",))]
     run_script("mine.py", args + [f"hydra.run.dir={tmp_path / 'single'}"])
     single = candidates_files(tmp_path / "cache")[0].read_bytes()
-    distributed = [f"paths.cache_dir={tmp_path / 'cache2'}", f"hydra.run.dir={tmp_path / 'dist'}"]
+    # Parts of 7 queries: each process searches and scores every other part (the part size is not in the key).
+    distributed = [f"paths.cache_dir={tmp_path / 'cache2'}", f"hydra.run.dir={tmp_path / 'dist'}",
+                   "candidates.query_chunk=7"]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
                              str(ROOT / "mine.py"), *args, *distributed], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)

@@ -1,10 +1,13 @@
 """Teachers score (query, passage) pairs. Each offers two primitives the miner builds on:
 
-    top(k)                    every query's k best passages: (scores, corpus rows), best first
+    top(k, rows)              the k best passages of the given queries: (scores, corpus rows), best first
     pair_scores(rows, idx)    the scores of given passages for given queries (positives, top-K, tail samples)
 
+`rows` index the queries the teacher was prepared with; the miner asks for them a part at a time.
+
 A dense teacher encodes with any model config (its embeddings cached as resumable fp16 shards, encoded by
-every process of a distributed run); BM25 uses bm25s.
+every process of a distributed run); BM25 uses bm25s; a cross-encoder rescores another teacher's top-K
+(mining/cross_encoder.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.encode.search import exact_search
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path, weights_stamp
 from pa_retriever.encode.towers import Towers
+from pa_retriever.mining.cross_encoder import CrossEncoderTeacher
 from pa_retriever.utils.checks import check_number
 from pa_retriever.utils.distributed import barrier
 from pa_retriever.utils.io import stable_hash, texts_fingerprint
@@ -33,7 +37,7 @@ class Teacher(Protocol):
 
     def fingerprint(self) -> dict[str, Any]: ...
     def prepare(self, data: RetrievalData, queries: list[str], rank: int = 0, world: int = 1) -> None: ...
-    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def top(self, k: int, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray: ...
 
 
@@ -76,8 +80,8 @@ class DenseTeacher:
             barrier()  # every shard exists before anyone searches
         self.query_embeddings = self.queries.load()
 
-    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return exact_search(self.query_embeddings, self.passages.shards(), k, self.settings.search_backend)
+    def top(self, k: int, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(self.query_embeddings[query_rows], self.passages.shards(), k, self.settings.search_backend)
 
     def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray, budget: int = 256 << 20) -> np.ndarray:
         out = np.empty(passage_idx.shape, dtype=np.float32)
@@ -122,9 +126,10 @@ class BM25Teacher:
         self.query_tokens = self._tokenize(queries, ids=False)
         self.n_passages = len(data.passages)
 
-    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top(self, k: int, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k_found = min(k, self.n_passages)
-        indices, scores = self.retriever.retrieve(self.query_tokens, k=k_found, show_progress=False, n_threads=0)
+        queries = [self.query_tokens[r] for r in query_rows]
+        indices, scores = self.retriever.retrieve(queries, k=k_found, show_progress=False, n_threads=0)
         pad = k - k_found
         return (np.pad(scores.astype(np.float32), ((0, 0), (0, pad)), constant_values=-np.inf),
                 np.pad(indices.astype(np.int64), ((0, 0), (0, pad)), constant_values=-1))
@@ -142,12 +147,16 @@ def build_teachers(teacher_cfg: Any, settings: EncodeSettings, cache_dir: Path, 
     """One teacher, or each member of an ensemble config (`members: {name: teacher config}`)."""
     members = teacher_cfg.get("members")
     named = members.items() if members else [(teacher_cfg.name, teacher_cfg)]
-    teachers: list[Teacher] = []
-    for name, cfg in named:
-        if cfg.kind == "bm25":
-            teachers.append(BM25Teacher(name, cfg.k1, cfg.b, cfg.stopwords, cfg.stemmer))
-        elif cfg.kind == "dense":
-            teachers.append(DenseTeacher(name, EncoderSpec.from_config(cfg), settings, cache_dir, shard_size))
-        else:
-            raise ValueError(f"teacher {name}: kind must be 'dense' or 'bm25', got {cfg.kind!r}")
-    return teachers
+    return [_teacher(name, cfg, settings, cache_dir, shard_size) for name, cfg in named]
+
+
+def _teacher(name: str, cfg: Any, settings: EncodeSettings, cache_dir: Path, shard_size: int) -> Teacher:
+    if cfg.kind == "bm25":
+        return BM25Teacher(name, cfg.k1, cfg.b, cfg.stopwords, cfg.stemmer)
+    if cfg.kind == "dense":
+        return DenseTeacher(name, EncoderSpec.from_config(cfg), settings, cache_dir, shard_size)
+    if cfg.kind == "cross_encoder":
+        first = _teacher(cfg.first_stage.name, cfg.first_stage, settings, cache_dir, shard_size)
+        return CrossEncoderTeacher(name, cfg.name_or_path, first, settings, cfg.max_length, cfg.batch_size,
+                                   cfg.activation)
+    raise ValueError(f"teacher {name}: kind must be 'dense', 'bm25' or 'cross_encoder', got {cfg.kind!r}")
