@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,10 @@ class ShardedEmbeddings:
     def __init__(self, folder: Path, n_texts: int, shard_size: int):
         self.folder, self.n_texts, self.shard_size = Path(folder), n_texts, shard_size
         self.n_shards = max(1, -(-n_texts // shard_size))
+        self._mapped: list[np.ndarray] | None = None  # the complete shards, mapped once
+
+    def __getstate__(self) -> dict:  # a DataLoader worker maps the files itself, never receives a copy of them
+        return {**self.__dict__, "_mapped": None}
 
     def path(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:05d}.npy"
@@ -107,6 +112,8 @@ class ShardedEmbeddings:
 
     def shards(self) -> list[np.ndarray]:
         """All shards, memory-mapped (fp16)."""
+        if self._mapped is not None:
+            return self._mapped
         if missing := self.missing():
             raise FileNotFoundError(f"{self.folder}: shards {missing[:5]} are not encoded yet")
         shards = [self._read(i) for i in range(self.n_shards)]
@@ -115,6 +122,7 @@ class ShardedEmbeddings:
             if len(shard) != expected:
                 raise ValueError(f"{self.path(i)}: {len(shard)} rows where this layout ({self.n_texts} texts, "
                                  f"{self.shard_size} per shard) expects {expected}; delete {self.folder} to re-encode")
+        self._mapped = shards
         return shards
 
     def _read(self, shard: int) -> np.ndarray:
@@ -136,3 +144,11 @@ class ShardedEmbeddings:
     def load(self) -> np.ndarray:
         """Everything in memory as float32 (for sets that fit, such as queries)."""
         return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.shards()])
+
+
+@dataclass
+class TeacherEmbeddings:
+    """A dense teacher's cached embeddings of a training split, to score in-batch pairs with."""
+
+    queries: np.ndarray  # [trainable queries, d] float32, in the candidates' row order
+    passages: ShardedEmbeddings  # by corpus row

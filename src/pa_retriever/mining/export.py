@@ -32,28 +32,18 @@ def chosen_negatives(data: RetrievalData, candidates: dict[str, CandidateArrays]
     rows = []
     for row, qid in enumerate(first.query_ids):
         positives = first.pos_idx[row][first.pos_idx[row] >= 0]
-        negatives = negatives_for(members, row, method, seed, epoch=0)
-        negatives = negatives[negatives >= 0]
+        negatives, scores = negatives_for(members, row, method, seed, epoch=0)
         rows.append({"query": text[qid],
                      "pos": [data.passages[p] for p in positives],
-                     "neg": [data.passages[n] for n in negatives],
+                     "neg": [data.passages[n] for n in negatives[negatives >= 0]],
                      "pos_scores": [_score(first.pos_scores[row], first.pos_idx[row], p) for p in positives],
-                     "neg_scores": [_best_score(members, row, n) for n in negatives]})
+                     "neg_scores": [float(s) if np.isfinite(s) else None for s in scores[negatives >= 0]]})
     return rows
 
 
 def _score(scores: np.ndarray, idx: np.ndarray, passage: int) -> float | None:
     found = scores[idx == passage]
     return float(found[0]) if len(found) and np.isfinite(found[0]) else None
-
-
-def _best_score(members: list[CandidateArrays], row: int, passage: int) -> float | None:
-    """The passage's stored score for the query, from the first teacher that stored it (top-K or tail)."""
-    for c in members:
-        for idx, scores in ((c.neg_idx[row], c.neg_scores[row]), (c.tail_idx[row], c.tail_scores[row])):
-            if (score := _score(scores, idx, passage)) is not None:
-                return score
-    return None
 
 
 def export_negatives(data: RetrievalData, candidates: dict[str, CandidateArrays], method: MiningMethod, seed: int,

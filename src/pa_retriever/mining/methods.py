@@ -16,6 +16,10 @@ no negative to be. Bounds are computed in float64 from the stored float32 scores
 "a fraction below the positive", for a negative p too (the bound is p - |p| * (1 - perc), which is p * perc
 for p >= 0); the paper's teachers score positives above zero.
 
+Any filter combines with a window on the rank, min_rank <= r < max_rank, and on the score,
+min_score <= n < max_score (sentence-transformers' range and score options): a candidate is kept when it passes
+all of them.
+
     select       takes `num_negatives` of the kept candidates
     top          the best ones
     sampled      sampled without replacement among the first `sample_k` kept, with probability
@@ -68,6 +72,10 @@ class MiningMethod:
     sample_k: int = 10
     temperature: float = 1.0
     ensemble: str | None = None
+    min_rank: int | None = None  # the window every filter is combined with (None: open)
+    max_rank: int | None = None
+    min_score: float | None = None
+    max_score: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("mining.filter", self.filter, tuple(FILTERS))
@@ -93,6 +101,17 @@ class MiningMethod:
         if self.filter == "percpos":
             check_number("mining.perc", self.perc, 0, PERC_MAX, low_open=True,
                          why="a candidate is kept below perc x positive; the paper sweeps 0.05-1.05")
+        if self.min_rank is not None:
+            check_number("mining.min_rank", self.min_rank, 0, integer=True, why="candidates skipped from the top")
+        if self.max_rank is not None:
+            check_number("mining.max_rank", self.max_rank, (self.min_rank or 0) + 1, integer=True,
+                         why="candidates ranked below it are removed; above min_rank")
+        for bound in ("min_score", "max_score"):
+            if getattr(self, bound) is not None:
+                check_number(f"mining.{bound}", getattr(self, bound), why="a teacher score")
+        if None not in (self.min_score, self.max_score) and self.min_score >= self.max_score:
+            raise SettingError(f"mining.min_score={self.min_score} must lie below mining.max_score={self.max_score}, "
+                               "or every candidate is removed")
         if self.select in ("sampled", "top1_sampled"):
             check_number("mining.sample_k", self.sample_k, max(1, self.num_negatives), integer=True,
                          why=f"{self.select} draws mining.num_negatives={self.num_negatives} among the first sample_k "
@@ -129,19 +148,33 @@ class Negatives:
 
 
 def keep_mask(scores: np.ndarray, ranks: np.ndarray, pos_min: np.ndarray, method: MiningMethod) -> np.ndarray:
-    """Which candidates may be negatives under the method's filter (`scores` -inf marks a missing one)."""
-    present = np.isfinite(scores)
+    """Which candidates may be negatives under the method's filter and windows (`scores` -inf marks a
+    missing one)."""
+    keep = np.isfinite(scores)
     scores64 = scores.astype(np.float64)
     p = pos_min.astype(np.float64)[:, None]
+    if method.min_rank is not None:
+        keep = keep & (ranks >= method.min_rank)
+    if method.max_rank is not None:
+        keep = keep & (ranks < method.max_rank)
+    if method.min_score is not None:
+        keep = keep & (scores64 >= method.min_score)
+    if method.max_score is not None:
+        keep = keep & (scores64 < method.max_score)
     if method.filter == "shifted":
-        return present & (ranks >= method.shift)
+        return keep & (ranks >= method.shift)
     if method.filter == "abs":
-        return present & (scores64 < method.threshold)
-    if method.filter == "marginpos":
-        return present & (scores64 < p - method.margin)
-    if method.filter == "percpos":
-        return present & (scores64 < p - np.abs(p) * (1 - method.perc))
-    return present
+        return keep & (scores64 < method.threshold)
+    if method.filter in ("marginpos", "percpos"):
+        return keep & (scores64 < positive_bound(p, method.filter, method.margin, method.perc))
+    return keep
+
+
+def positive_bound(p, filter: str, margin: float | None = None, perc: float | None = None):
+    """The score from which a candidate is too close to a positive scored `p` (numpy arrays or torch tensors alike):
+    p - margin for MarginPos, p - |p| * (1 - perc) for PercPos. The sampler filters stored candidates with it and
+    the loss in-batch negatives."""
+    return p - margin if filter == "marginpos" else p - abs(p) * (1 - perc)
 
 
 def _kept_in_rank_order(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -281,10 +314,11 @@ def select_negatives(candidates: list[CandidateArrays], rows: np.ndarray, method
 
 
 def negatives_for(candidates: list[CandidateArrays], row: int, method: MiningMethod, seed: int,
-                  epoch: int) -> np.ndarray:
-    """The negatives query `row` trains with in `epoch`: drawn by a generator seeded by (seed, epoch, row), so
-    that any worker, process or resumed run, and mine.py's export, draw exactly these (cross_sample's teacher is
-    drawn by (seed, row), once per run, as the paper mines once)."""
+                  epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The negatives query `row` trains with in `epoch` and their teacher scores (nan: none stored), drawn by a
+    generator seeded by (seed, epoch, row), so that any worker, process or resumed run, and mine.py's export,
+    draw exactly these (cross_sample's teacher is drawn by (seed, row), once per run, as the paper mines once)."""
     rng = np.random.default_rng([seed, epoch, row])
     teacher_rng = np.random.default_rng([seed, row])
-    return select_negatives(candidates, np.array([row]), method, rng, teacher_rng).idx[0]
+    chosen = select_negatives(candidates, np.array([row]), method, rng, teacher_rng)
+    return chosen.idx[0], chosen.scores[0]

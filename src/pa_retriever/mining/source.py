@@ -13,19 +13,21 @@ import numpy as np
 
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.data.candidates import CandidateArrays, load_candidates
+from pa_retriever.encode.embedding_cache import TeacherEmbeddings
 from pa_retriever.encode.encoder import EncodeSettings
 from pa_retriever.mining.methods import ENSEMBLE_METHODS, MiningMethod
 from pa_retriever.mining.miner import CandidateSettings, data_fingerprint, ensure_candidates, trainable_queries
-from pa_retriever.mining.teachers import Teacher, build_teachers
+from pa_retriever.mining.teachers import DenseTeacher, Teacher, build_teachers
 from pa_retriever.utils.checks import SettingError, check_number
 
 
 class CandidateSource(Protocol):
     name: str
 
-    def check(self, method: MiningMethod) -> None: ...
+    def check(self, method: MiningMethod, distill: bool = False, embeddings: bool = False) -> None: ...
     def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None: ...
     def load(self, data: RetrievalData) -> dict[str, CandidateArrays]: ...
+    def embeddings(self, data: RetrievalData) -> TeacherEmbeddings: ...
 
 
 class MinedCandidates:
@@ -37,8 +39,15 @@ class MinedCandidates:
         self.cache_dir, self.dataset = Path(cache_dir), dataset
         self._loaded: dict[str, dict[str, CandidateArrays]] = {}
 
-    def check(self, method: MiningMethod) -> None:
-        """An ensemble method needs an ensemble teacher and a plain method a single one: refused before mining."""
+    def check(self, method: MiningMethod, distill: bool = False, embeddings: bool = False) -> None:
+        """An ensemble method needs an ensemble teacher and a plain method a single one, distillation one teacher's
+        scores, the teacher's embeddings a dense teacher: refused before mining."""
+        if distill and len(self.teachers) > 1:
+            raise SettingError(f"module.loss distils one teacher's scores, and teacher={self.name} has "
+                               f"{len(self.teachers)} members on their own scales: choose a single teacher")
+        if embeddings and (len(self.teachers) > 1 or not isinstance(self.teachers[0], DenseTeacher)):
+            raise SettingError(f"teacher={self.name} has no embeddings to score in-batch pairs with: the teacher "
+                               "scorer needs one dense teacher; use module.in_batch_filter.scorer=student")
         if method.ensemble is not None and len(self.teachers) == 1:
             raise ValueError(f"mining={method.name} combines teachers, and teacher={self.name} is one: choose a "
                              "teacher with members (teacher=small_ensemble, paper_ensemble)")
@@ -74,6 +83,13 @@ class MinedCandidates:
             self._loaded[key] = loaded
         return self._loaded[key]
 
+    def embeddings(self, data: RetrievalData) -> TeacherEmbeddings:
+        """The dense teacher's cached embeddings of `data` (encoded where the cache lacks them)."""
+        teacher = self.teachers[0]  # one dense teacher: check(embeddings=True) refused any other
+        rows, _ = trainable_queries(data)
+        teacher.prepare(data, [data.queries[i] for i in rows])
+        return TeacherEmbeddings(teacher.query_embeddings, teacher.passages)
+
 
 class NoTeacher:
     """The labelled positives alone: all that in-batch-only or random negatives read, so such a baseline never pays
@@ -81,12 +97,21 @@ class NoTeacher:
 
     name = "none"
 
-    def check(self, method: MiningMethod) -> None:
+    def check(self, method: MiningMethod, distill: bool = False, embeddings: bool = False) -> None:
         if method.uses_teacher:
             raise ValueError(f"mining={method.name} reads teacher scores: choose a teacher")
+        if distill:
+            raise SettingError(f"module.loss distils teacher scores, and mining={method.name} reads none: choose a "
+                               "method that mines with a teacher, or module.loss.kl=0 module.loss.margin_mse=0")
+        if embeddings:
+            raise SettingError(f"mining={method.name} reads no teacher, so there are no teacher embeddings to score "
+                               "in-batch pairs with; use module.in_batch_filter.scorer=student")
 
     def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
         pass
+
+    def embeddings(self, data: RetrievalData) -> TeacherEmbeddings:
+        raise NotImplementedError  # refused by check
 
     def load(self, data: RetrievalData) -> dict[str, CandidateArrays]:
         rows, pos_idx = trainable_queries(data)
@@ -103,7 +128,11 @@ class GivenNegatives:
 
     name = "given"
 
-    def check(self, method: MiningMethod) -> None:
+    def check(self, method: MiningMethod, distill: bool = False, embeddings: bool = False) -> None:
+        if distill or embeddings:
+            raise SettingError("teacher=given has no teacher scores to distil nor embeddings to score in-batch pairs "
+                               "with: mine this dataset with a teacher, or leave module.loss and "
+                               "module.in_batch_filter.scorer at their defaults")
         if method.filter != "none" or method.select not in ("top", "random") or method.ensemble is not None:
             raise SettingError(f"teacher=given: the data's own negatives carry no teacher score, which "
                                f"mining={method.name} needs; use mining=naive_topk (them, in order) or a teacher")
@@ -111,6 +140,9 @@ class GivenNegatives:
     def mine(self, data: RetrievalData, rank: int = 0, world: int = 1) -> None:
         if not data.given_negatives:
             raise SettingError("teacher=given: the data gives no negatives (pair rows without 'negatives')")
+
+    def embeddings(self, data: RetrievalData) -> TeacherEmbeddings:
+        raise NotImplementedError  # refused by check
 
     def load(self, data: RetrievalData) -> dict[str, CandidateArrays]:
         self.mine(data)

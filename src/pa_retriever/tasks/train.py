@@ -14,7 +14,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from pa_retriever.data.beir import RetrievalData
@@ -28,6 +31,7 @@ from pa_retriever.mining.source import candidate_source
 from pa_retriever.tasks.datasets import datasets
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_group, instantiate_loggers, log_config, task_wrapper
 from pa_retriever.training.datamodule import RetrievalDataModule, TrainingPart
+from pa_retriever.training.loss import InBatchFilter, LossSettings
 from pa_retriever.training.ddp import end_job
 from pa_retriever.training.model_card import model_card
 from pa_retriever.training.module import BiEncoderModule, training_precision
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train as `cfg` says; on the main process, the exported model's metrics on data.split ({} elsewhere)."""
+    """Train as `cfg` says; on the main process, the exported model's metrics on data.split and the validation
+    metrics by their `val/` names ({} elsewhere)."""
     try:
         return _train(cfg)
     finally:
@@ -71,8 +76,12 @@ def build(cfg: DictConfig) -> TrainingRun:
     data = DataSource.from_config(cfg.data) if not OmegaConf.is_missing(cfg.data, "path") else None
     val = data.load(cfg.data.val_split) if data is not None and cfg.data.get("val_split") else None
     # The objects go in after instantiation: instantiate would copy them into configs.
+    # What the loss reads from the data: the stored scores, the teacher's embeddings.
+    loss = LossSettings(**(cfg.module.get("loss") or {}))
+    in_batch_filter = cfg.module.get("in_batch_filter")
     datamodule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
-        parts=parts, val=val, blend=cfg.data.get("blend", "proportional"))
+        parts=parts, val=val, blend=cfg.data.get("blend", "proportional"), distill=loss.distills,
+        teacher_embeddings=bool(in_batch_filter) and InBatchFilter(**in_batch_filter).scorer == "teacher")
     return TrainingRun(data, spec, settings, parts, val, datamodule)
 
 
@@ -119,7 +128,34 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         "metrics": scored[1] if scored else None, "metrics_precision": scored[2] if scored else None})
     finish_loggers(trainer.loggers)
     print(f"Model: {model_dir}\nRun dir (metrics.json, plots, checkpoints, logs): {out_dir}")
-    return scored[1] if scored else {}
+    return {**(scored[1] if scored else {}), **_validation_metrics(trainer)}
+
+
+def _validation_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last validation's `val/` metrics, the monitored one as the kept checkpoint scored it: that checkpoint
+    is the exported model, and its score the best, where the last epoch's may be lower."""
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if name.startswith("val/")}
+    kept = trainer.checkpoint_callback
+    if kept is not None and kept.monitor in metrics and kept.best_model_score is not None:
+        metrics[kept.monitor] = float(kept.best_model_score)
+    return metrics
+
+
+def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """`name`'s value among what `train` returned, for a sweeper to optimise (None on DDP processes other than rank
+    zero: the sweeper reads rank zero's). Missing, it is an error where a sweeper reads it (Optuna's), and nothing
+    where none does: a run told not to score its model (test_after_training=false) ends well."""
+    if name is None or rank_zero_only.rank != 0 or name in metrics or not _sweeper_reads_return_value():
+        return metrics.get(name) if name else None
+    raise KeyError(f"optimized_metric={name} is not among this run's metrics: "
+                   f"{', '.join(sorted(metrics)) or 'none (nothing was validated or scored)'}")
+
+
+def _sweeper_reads_return_value() -> bool:
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and not hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
 
 
 def _score_export(cfg: DictConfig, run: TrainingRun, model_dir: Path, out_dir: Path,

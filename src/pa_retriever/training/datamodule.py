@@ -46,14 +46,17 @@ class TrainingPart:
 class RetrievalDataModule(L.LightningDataModule):
     def __init__(self, parts: list[TrainingPart], val: RetrievalData | None = None, batch_size: int = 32,
                  num_workers: int = 2, seed: int = 0, val_batch_size: int = 64, progress: bool = True,
-                 blend: str = "proportional"):
+                 blend: str = "proportional", distill: bool = False, teacher_embeddings: bool = False):
+        """`distill`: the loss reads the stored scores (one teacher's, checked here); `teacher_embeddings`: each
+        item carries the dense teacher's embeddings of its query and passages (in-batch masking by the teacher)."""
         super().__init__()
         check_number("datamodule.batch_size", batch_size, 1, integer=True, why="queries per step and process")
         check_number("datamodule.num_workers", num_workers, 0, integer=True)
         check_number("datamodule.val_batch_size", val_batch_size, 1, integer=True, why="a token budget, as encode's")
         check_choice("data.blend", blend, BlendBatchSampler.MODES)
         for part in parts:
-            part.source.check(part.method)  # a teacher the method cannot read is refused here, before any mining
+            # a teacher the method or the loss cannot read is refused here, before any mining
+            part.source.check(part.method, distill, teacher_embeddings)
             if part.weight is not None:
                 check_number(f"data.datasets[{part.name}].weight", part.weight, 0, low_open=True)
         if len({p.weight is None for p in parts}) > 1:
@@ -61,6 +64,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.parts, self.val, self.spec = parts, val, parts[0].spec
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_batch_size, self.progress, self.blend = val_batch_size, progress, blend
+        self.teacher_embeddings = teacher_embeddings
         self.train_set: BlendDataset | None = None
         self.start = 0, 0  # (epoch, batches of it already trained): load_state_dict moves it on resume
 
@@ -101,7 +105,8 @@ class RetrievalDataModule(L.LightningDataModule):
         queries = self._tokenize(tokenizer, [query_text[q] for q in c.query_ids], "query")
         passages = self._tokenize(tokenizer, [train.passages[i] for i in needed], "passage")
         empty = tokenizer([""], "passage")[0]
-        return ContrastiveDataset(pairs, candidates, part.method, self.seed, queries, passages, slot, empty)
+        guide = part.source.embeddings(train) if self.teacher_embeddings else None
+        return ContrastiveDataset(pairs, candidates, part.method, self.seed, queries, passages, slot, empty, guide)
 
     def _tokenize(self, tokenizer: PromptTokenizer, texts: list[str], kind: str) -> TokenStore:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

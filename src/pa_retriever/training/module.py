@@ -1,5 +1,6 @@
 """The LightningModule: a bi-encoder (one shared tower by default, or a query and a passage tower; pooling and
-prompts from the model config) trained with InfoNCE over hard and in-batch negatives, validated by nDCG@10."""
+prompts from the model config) trained with InfoNCE over hard and in-batch negatives, and by weight with
+distillation from the stored teacher scores (training/loss.py), validated by nDCG@10."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pa_retriever.encode.towers import LoraSettings, Towers
 from pa_retriever.eval.retrieval import evaluate_embeddings
 from pa_retriever.training.grad_cache import CachedEncoding
 from pa_retriever.training.lightning_compat import batches_completed
-from pa_retriever.training.loss import contrastive_loss
+from pa_retriever.training.loss import InBatchFilter, LossSettings, contrastive_loss, distillation_losses
 from pa_retriever.utils.checks import SettingError, check_number
 
 
@@ -44,6 +45,7 @@ class BiEncoderModule(L.LightningModule):
                  val_k: int = 100, search_backend: str = "auto", shared_weights: bool = True,
                  config_overrides: dict[str, Any] | None = None, seed: int = 0, lora: dict[str, Any] | None = None,
                  weights_dtype: str = "fp32", grad_cache_chunk: int | None = None,
+                 loss: dict[str, float] | None = None, in_batch_filter: dict[str, Any] | None = None,
                  val_data: RetrievalData | None = None):
         super().__init__()
         check_number("module.temperature", temperature, 0, low_open=True, why="InfoNCE divides scores by it")
@@ -53,6 +55,8 @@ class BiEncoderModule(L.LightningModule):
         if grad_cache_chunk is not None:
             check_number("module.grad_cache_chunk", grad_cache_chunk, 1, integer=True, why="texts per forward pass")
         adapters = LoraSettings.from_config(lora)
+        self.loss_settings = LossSettings(**(loss or {}))
+        self.in_batch_filter = InBatchFilter(**in_batch_filter) if in_batch_filter else None
         # plain values only, so a checkpoint loads with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["spec", "optimizer", "scheduler", "val_data"])
         self.hparams["spec"] = spec.as_dict()
@@ -80,11 +84,23 @@ class BiEncoderModule(L.LightningModule):
         else:
             queries, passages = self._encode("query", batch["queries"]), self._encode("passage", batch["passages"])
         in_batch = batch.get("in_batch_negatives", self.hparams.in_batch_negatives)  # a blend's dataset may say
-        loss, accuracy = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
-                                          self.hparams.temperature, in_batch)
+        guide = (batch["guide_queries"], batch["guide_passages"]) if "guide_queries" in batch else None
+        infonce, stats = contrastive_loss(queries, passages, batch["passage_idx"], batch["positive_idx"],
+                                          self.hparams.temperature, in_batch, self.in_batch_filter, guide)
+        terms = {"infonce": infonce}
+        if self.loss_settings.distills:
+            terms |= distillation_losses(queries, passages, batch["teacher_scores"], self.hparams.temperature,
+                                         self.loss_settings.teacher_temperature)
+        weights = vars(self.loss_settings)
+        loss = sum(weights[name] * value for name, value in terms.items() if weights[name] > 0)
         size = batch["passage_idx"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("train/accuracy", accuracy, batch_size=size)
+        if len(terms) > 1:
+            for name, value in terms.items():
+                self.log(f"train/{name}", value, batch_size=size)
+        self.log("train/accuracy", stats["accuracy"], batch_size=size)
+        if self.in_batch_filter is not None:  # per query: how many in-batch negatives were too close to its positive
+            self.log("train/in_batch_masked", stats["in_batch_masked"], batch_size=size)
         # Embedding spread across the batch: a collapse towards one vector shows here first.
         self.log("train/embedding_std", passages.detach().std(dim=0).mean(), batch_size=size)
         self.log("train/hard_negatives", (batch["passage_idx"][:, 1:] >= 0).float().sum(1).mean(), batch_size=size)

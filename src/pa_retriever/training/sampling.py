@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pa_retriever.data.candidates import CandidateArrays
+from pa_retriever.encode.embedding_cache import TeacherEmbeddings
 from pa_retriever.encode.encoder import length_sorted_batches
 from pa_retriever.encode.tokenizer import PromptTokenizer, TokenStore
 from pa_retriever.mining.methods import MiningMethod, negatives_for
@@ -131,7 +132,9 @@ class TrainingItem:
     passages: list[list[int]]  # the positive, then the negatives
     passage_idx: list[int]  # their corpus rows (-1: an empty negative slot)
     positive_idx: np.ndarray  # every labelled positive of the query (never usable as a negative)
+    teacher_scores: np.ndarray  # the stored score of each passage (nan: none), what distillation reads
     part: int = 0  # the dataset of a blend it comes from
+    guide: tuple[np.ndarray, np.ndarray] | None = None  # the teacher's embeddings of the query and the passages
 
 
 class ContrastiveDataset(Dataset):
@@ -139,10 +142,10 @@ class ContrastiveDataset(Dataset):
 
     def __init__(self, pairs: np.ndarray, candidates: list[CandidateArrays], method: MiningMethod, seed: int,
                  query_tokens: TokenStore, passage_tokens: TokenStore, passage_slot: np.ndarray,
-                 empty_passage: list[int]):
+                 empty_passage: list[int], guide: TeacherEmbeddings | None = None):
         self.pairs, self.candidates, self.method, self.seed = pairs, candidates, method, seed
         self.query_tokens, self.passage_tokens, self.passage_slot = query_tokens, passage_tokens, passage_slot
-        self.empty_passage = empty_passage
+        self.empty_passage, self.guide = empty_passage, guide
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -150,10 +153,17 @@ class ContrastiveDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> TrainingItem:
         index, epoch = key
         row, positive = (int(x) for x in self.pairs[index])
-        passage_idx = [positive, *negatives_for(self.candidates, row, self.method, self.seed, epoch).tolist()]
+        negatives, scores = negatives_for(self.candidates, row, self.method, self.seed, epoch)
+        passage_idx = [positive, *negatives.tolist()]
         passages = [self.passage_tokens[self.passage_slot[p]] if p >= 0 else self.empty_passage
                     for p in passage_idx]
-        return TrainingItem(self.query_tokens[row], passages, passage_idx, self.candidates[0].pos_idx[row])
+        first = self.candidates[0]
+        positive_score = first.pos_scores[row][first.pos_idx[row] == positive][0]
+        guide = None
+        if self.guide is not None:
+            guide = (self.guide.queries[row], self.guide.passages.rows(np.asarray(passage_idx)))
+        return TrainingItem(self.query_tokens[row], passages, passage_idx, first.pos_idx[row],
+                            np.concatenate([[positive_score], scores]).astype(np.float32), guide=guide)
 
 
 class BlendDataset(Dataset):
@@ -190,7 +200,11 @@ class TrainingCollator:
         batch = {"queries": tokenizer.pad([it.query for it in items], "query"),
                  "passages": tokenizer.pad([p for it in items for p in it.passages], "passage"),
                  "passage_idx": torch.tensor([it.passage_idx for it in items], dtype=torch.long),
-                 "positive_idx": positive_idx}
+                 "positive_idx": positive_idx,
+                 "teacher_scores": torch.from_numpy(np.stack([it.teacher_scores for it in items]))}
+        if items[0].guide is not None:
+            batch["guide_queries"] = torch.from_numpy(np.stack([it.guide[0] for it in items]))
+            batch["guide_passages"] = torch.from_numpy(np.concatenate([it.guide[1] for it in items]))
         if self.in_batch_negatives[part] is not None:  # else the module's own setting
             batch["in_batch_negatives"] = self.in_batch_negatives[part]
         return batch
