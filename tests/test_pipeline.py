@@ -80,12 +80,12 @@ def test_train_fast_dev_run_exports_and_evaluates(tiny, tmp_path):
     metrics = train(cfg)
     run = tmp_path / "run"
     assert sorted(json.loads((run / "metrics.json").read_text())) == sorted(METRICS)
-    assert set(metrics) == set(METRICS)
+    assert set(metrics) == set(METRICS) | {f"val/{name}" for name in METRICS}  # the export's, then validation's
     assert (run / "model" / "modules.json").is_file() and (run / "mining_scores.png").is_file()
     assert json.loads((run / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train_seconds"] > 0 and summary["mining_seconds"]["minilm"] > 0
-    assert summary["train_pairs"] == 61 and summary["metrics"] == metrics  # 60 queries, one with two positives
+    assert summary["train_pairs"] == 61 and summary["metrics"] == {k: metrics[k] for k in METRICS}  # 60 queries, one with two positives
     assert summary["metrics_precision"] == EncodeSettings.from_config(cfg.encode).precision_name()  # said, resolved
 
 
@@ -220,7 +220,7 @@ def test_untied_towers_export_and_evaluate_as_trained(tiny_bert_dir, tmp_path):
     metrics = train(cfg)
     folder = tmp_path / "run" / "model"
     encoder = Towers.load(EncoderSpec.from_folder(folder), EncodeSettings.from_config(cfg.encode))
-    assert encoder.passage is not None and set(metrics) == set(METRICS)
+    assert encoder.passage is not None and set(METRICS) <= set(metrics)
     texts = ["volcanoes and plates", "a passage about how bread rises in the oven"]
     as_query, as_passage = encoder.encode(texts, "query", progress=False), encoder.encode(texts, "passage", progress=False)
     assert np.abs(as_query - as_passage).max() > 1e-3  # the towers were trained apart
