@@ -103,14 +103,15 @@ def test_validation_scores_only_what_it_encoded_and_says_so():
     from types import SimpleNamespace
 
     from pa_retriever.training.module import BiEncoderModule
+    from pa_retriever.training.validation import ValidationSearch
     data = RetrievalData(["p0", "p1", "p2"], [""] * 3, ["q0", "q1"], [""] * 2,
                          {"q0": {"p1": 1}, "q1": {"p2": 1}}, LoadReport("test"))
     logged = {}
-    fake = SimpleNamespace(val_data=data,
-                           hparams=SimpleNamespace(val_k=10, search_backend="torch"),
-                           log=lambda name, value, **_: logged.__setitem__(name, value),
-                           _val_parts=[("query", np.array([0]), np.array([[1.0, 0.0]], np.float32)),
-                                       ("passage", np.array([0, 1]), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))])
+    search = ValidationSearch()
+    search.add("query", np.array([0]), np.array([[1.0, 0.0]], np.float32))
+    search.add("passage", np.array([0, 1]), np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+    fake = SimpleNamespace(val_data=data, hparams=SimpleNamespace(val_k=10, search_backend="torch"),
+                           log=lambda name, value, **_: logged.__setitem__(name, value), _val_search=search)
     with pytest.warns(UserWarning, match="encoded 1 of 2 queries and 2 of 3 passages"):
         BiEncoderModule.on_validation_epoch_end(fake)
     assert logged["val/mrr@10"] == 1.0 and logged["val/recall@100"] == 1.0  # q0 alone, among p0 and p1

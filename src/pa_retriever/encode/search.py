@@ -1,8 +1,8 @@
 """Exact inner-product top-k search, with faiss or torch, in bounded memory.
 
-The corpus may come as several shards (arrays or memory maps): each is searched in blocks of queries so that
-no score matrix larger than `max_block_scores` floats exists at once, and a running top-k is merged shard by
-shard. Results are ordered by score, then by corpus index, so both backends agree wherever scores differ.
+The corpus may come as several shards (arrays or memory maps) or be streamed block by block (`TopK`): each block
+is searched in pieces so that no score matrix larger than `max_block_scores` floats exists at once, and a running
+top-k is merged block by block. Results are ordered by score, then by corpus index, so both backends agree wherever scores differ.
 """
 
 from __future__ import annotations
@@ -88,6 +88,44 @@ class _TorchSearcher:
         return scores.cpu().numpy(), indices.cpu().numpy()
 
 
+class TopK:
+    """The best `k` corpus rows of every query among the blocks added so far: a corpus streamed through it block by
+    block (shards from disk, embeddings straight from the encoder) is never held whole. No score matrix larger than
+    `max_block_scores` floats exists at once."""
+
+    def __init__(self, queries: np.ndarray, k: int, backend: str = "auto", max_block_scores: int = 2**26):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k, self.max_block_scores = k, max_block_scores
+        self.scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.indices = np.full((len(queries), k), -1, dtype=np.int64)
+        backend = choose_backend(backend)
+        self.searcher = _FaissSearcher(queries) if backend == "faiss" else _TorchSearcher(queries)
+
+    def add(self, block: np.ndarray, rows: np.ndarray) -> None:
+        """Embeddings of the corpus rows `rows` (any float dtype: converted a piece at a time)."""
+        nq = len(self.scores)
+        corpus_rows = max(1, min(len(block), self.max_block_scores // max(1, min(nq, 1024))))
+        for c_start in range(0, len(block), corpus_rows):
+            n_rows = min(corpus_rows, len(block) - c_start)
+            piece = self.searcher.prepare(block[c_start:c_start + n_rows])
+            query_rows = max(1, self.max_block_scores // n_rows)
+            ids = np.asarray(rows[c_start:c_start + n_rows], dtype=np.int64)
+            for q_start in range(0, nq, query_rows):
+                queries = slice(q_start, min(nq, q_start + query_rows))
+                scores, idx = self.searcher.topk(queries, piece, min(self.k, n_rows))
+                found = np.where(idx < 0, -1, ids[np.maximum(idx, 0)])  # faiss: -1 for a NaN row
+                self.merge(queries, scores.astype(np.float32), found)
+
+    def merge(self, queries: slice, scores: np.ndarray, indices: np.ndarray) -> None:
+        """Fold in candidates found elsewhere (another block, another process) for the queries `queries`."""
+        self.scores[queries], self.indices[queries] = sort_rows(
+            np.concatenate([self.scores[queries], scores], axis=1),
+            np.concatenate([self.indices[queries], indices], axis=1), self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.scores, self.indices
+
+
 def exact_search(queries: np.ndarray, corpus: np.ndarray | Sequence[np.ndarray], k: int, backend: str = "auto",
                  max_block_scores: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
     """Top-`k` corpus rows by inner product for every query: (scores float32, indices int64), best first.
@@ -95,27 +133,9 @@ def exact_search(queries: np.ndarray, corpus: np.ndarray | Sequence[np.ndarray],
     `corpus` is one array or a sequence of shards (row indices run on across shards). Rows beyond the corpus
     size come back as index -1 with score -inf.
     """
-    backend = choose_backend(backend)
-    shards = [corpus] if isinstance(corpus, np.ndarray) else list(corpus)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    nq = len(queries)
-    best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_indices = np.full((nq, k), -1, dtype=np.int64)
-    searcher = _FaissSearcher(queries) if backend == "faiss" else _TorchSearcher(queries)
+    top = TopK(queries, k, backend, max_block_scores)
     offset = 0
-    for shard in shards:
-        # Within a shard, bound the score matrix by splitting both corpus rows and queries.
-        corpus_rows = max(1, min(len(shard), max_block_scores // max(1, min(nq, 1024))))
-        for c_start in range(0, len(shard), corpus_rows):
-            n_rows = min(corpus_rows, len(shard) - c_start)
-            block = searcher.prepare(shard[c_start:c_start + n_rows])
-            query_rows = max(1, max_block_scores // n_rows)
-            for q_start in range(0, nq, query_rows):
-                rows = slice(q_start, min(nq, q_start + query_rows))
-                scores, idx = searcher.topk(rows, block, min(k, n_rows))
-                merged_scores = np.concatenate([best_scores[rows], scores.astype(np.float32)], axis=1)
-                found = np.where(idx < 0, -1, idx.astype(np.int64) + offset + c_start)  # faiss: -1 for a NaN row
-                merged_idx = np.concatenate([best_indices[rows], found], axis=1)
-                best_scores[rows], best_indices[rows] = sort_rows(merged_scores, merged_idx, k)
+    for shard in [corpus] if isinstance(corpus, np.ndarray) else corpus:
+        top.add(shard, np.arange(offset, offset + len(shard)))
         offset += len(shard)
-    return best_scores, best_indices
+    return top.result()

@@ -11,7 +11,7 @@ import numpy as np
 
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.encode.encoder import EncodeSettings
-from pa_retriever.encode.search import exact_search, non_finite_rows
+from pa_retriever.encode.search import TopK, exact_search, non_finite_rows
 from pa_retriever.encode.towers import Towers
 from pa_retriever.eval.metrics import MEASURES, Run, mean_metrics, per_query_metrics
 
@@ -40,26 +40,45 @@ def build_run(data: RetrievalData, scores: np.ndarray, indices: np.ndarray,
 
 
 def score_model(towers: Towers, data: RetrievalData, settings: EncodeSettings = EncodeSettings(), k: int = 100,
-                ignore_identical_ids: bool = True) -> EvalResult:
-    """Encode the split's passages and queries, search exactly, score: what evaluate.py reports, and train.py
-    after training."""
-    passages = towers.encode(data.passages, "passage", settings.batch_size, progress=settings.progress)
+                ignore_identical_ids: bool = True, block_rows: int = 65_536) -> EvalResult:
+    """Encode the split's queries, then stream its passages through the search `block_rows` at a time (the corpus'
+    embeddings are never held whole), and score: what evaluate.py reports, and train.py after training."""
     queries = towers.encode(data.queries, "query", settings.batch_size, progress=settings.progress)
-    return evaluate_embeddings(data, queries, passages, k, settings.search_backend, ignore_identical_ids)
+    _refuse_non_finite(queries, data.query_ids, "query")
+    top = TopK(queries, _depth(k, ignore_identical_ids), settings.search_backend)
+    blocks = [(start, min(len(data.passages), start + block_rows)) for start in range(0, len(data.passages), block_rows)]
+    for (start, stop), embeddings in zip(blocks, towers.encode_ranges(data.passages, "passage", blocks,
+                                                                      settings.batch_size, progress=settings.progress)):
+        _refuse_non_finite(embeddings, data.corpus_ids[start:stop], "passage")
+        top.add(embeddings, np.arange(start, stop))
+    return evaluate_search(data, *top.result(), k, ignore_identical_ids)
 
 
 def evaluate_embeddings(data: RetrievalData, queries: np.ndarray, passages: np.ndarray, k: int = 100,
                         backend: str = "auto", ignore_identical_ids: bool = True) -> EvalResult:
     for kind, matrix, ids in (("query", queries, data.query_ids), ("passage", passages, data.corpus_ids)):
-        if bad := non_finite_rows(matrix):
-            raise ValueError(f"{len(bad)} {kind} embeddings are NaN or infinite (ids {[ids[i] for i in bad[:5]]}"
-                             f"{' ...' if len(bad) > 5 else ''}): check the model's precision and pooling")
-    depth = k + 1 if ignore_identical_ids else k  # room for a skipped self-match
-    scores, indices = exact_search(queries, passages, depth, backend)
-    run = build_run(data, scores[:, :depth], indices[:, :depth], ignore_identical_ids)
+        _refuse_non_finite(matrix, ids, kind)
+    return evaluate_search(data, *exact_search(queries, passages, _depth(k, ignore_identical_ids), backend), k,
+                           ignore_identical_ids)
+
+
+def evaluate_search(data: RetrievalData, scores: np.ndarray, indices: np.ndarray, k: int = 100,
+                    ignore_identical_ids: bool = True) -> EvalResult:
+    """Score a search's results (rows of `data`'s queries, indices into its corpus, best first)."""
+    run = build_run(data, scores, indices, ignore_identical_ids)
     run = {q: dict(list(docs.items())[:k]) for q, docs in run.items()}
     per_query = per_query_metrics(data.qrels, run)
     return EvalResult(mean_metrics(per_query), per_query, run)
+
+
+def _depth(k: int, ignore_identical_ids: bool) -> int:
+    return k + 1 if ignore_identical_ids else k  # room for a skipped self-match
+
+
+def _refuse_non_finite(matrix: np.ndarray, ids: list[str], kind: str) -> None:
+    if bad := non_finite_rows(matrix):
+        raise ValueError(f"{len(bad)} {kind} embeddings are NaN or infinite (ids {[ids[i] for i in bad[:5]]}"
+                         f"{' ...' if len(bad) > 5 else ''}): check the model's precision and pooling")
 
 
 def format_table(metrics: dict[str, float], title: str = "") -> str:

@@ -125,6 +125,12 @@ class BM25Teacher:
         self.retriever.index(self._tokenize(data.passages, ids=True), show_progress=False)
         self.query_tokens = self._tokenize(queries, ids=False)
         self.n_passages = len(data.passages)
+        # bm25s keeps a column of passage scores per token; rows per passage make a pair's score a few lookups,
+        # where get_scores would score the whole corpus for every query.
+        import scipy.sparse
+        index = self.retriever.scores
+        self.by_passage = scipy.sparse.csc_matrix((index["data"], index["indices"], index["indptr"]),
+                                                  shape=(index["num_docs"], len(index["indptr"]) - 1)).tocsr()
 
     def top(self, k: int, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k_found = min(k, self.n_passages)
@@ -135,11 +141,15 @@ class BM25Teacher:
                 np.pad(indices.astype(np.int64), ((0, 0), (0, pad)), constant_values=-1))
 
     def pair_scores(self, query_rows: np.ndarray, passage_idx: np.ndarray) -> np.ndarray:
+        """As bm25s' get_scores: the sum over the query's known tokens, a repeated token counted each time."""
         out = np.full(passage_idx.shape, np.nan, dtype=np.float32)
+        unscored = self.retriever.nonoccurrence_array  # BM25L and BM25+ score absent tokens too; Lucene's does not
         for i, row in enumerate(query_rows):
             valid = passage_idx[i] >= 0
-            if valid.any():
-                out[i, valid] = self.retriever.get_scores(self.query_tokens[row])[passage_idx[i, valid]]
+            tokens, counts = np.unique(np.asarray(self.retriever.get_tokens_ids(self.query_tokens[row]), np.int64),
+                                       return_counts=True)
+            scores = self.by_passage[passage_idx[i, valid]][:, tokens] @ counts.astype(np.float32)
+            out[i, valid] = scores + (unscored[tokens] @ counts if unscored is not None else 0)
         return out
 
 

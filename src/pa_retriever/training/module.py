@@ -11,17 +11,16 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.encode.encoder import resolve_dtype
 from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.encode.towers import LoraSettings, Towers
-from pa_retriever.eval.retrieval import evaluate_embeddings
 from pa_retriever.training.grad_cache import CachedEncoding
 from pa_retriever.training.lightning_compat import batches_completed
 from pa_retriever.training.loss import InBatchFilter, LossSettings, contrastive_loss, distillation_losses
+from pa_retriever.training.validation import ValidationSearch
 from pa_retriever.utils.checks import SettingError, check_number
 
 
@@ -120,39 +119,23 @@ class BiEncoderModule(L.LightningModule):
 
     # Validation: encode the dev queries and the whole corpus, then nDCG@10 as evaluate.py computes it.
     def on_validation_epoch_start(self) -> None:
-        self._val_parts = []
+        self._val_search = ValidationSearch()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         embeddings = self.towers.tower(batch["kind"])(**batch["tokens"])
-        self._val_parts.append((batch["kind"], batch["rows"].cpu().numpy(), embeddings.float().cpu().numpy()))
+        self._val_search.add(batch["kind"], batch["rows"].cpu().numpy(), embeddings.float().cpu().numpy())
 
     def on_validation_epoch_end(self) -> None:
-        data = self.val_data
-        parts = self._val_parts
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, parts)
-            parts = [p for rank_parts in gathered for p in rank_parts]
-        if not parts:
+        scored = self._val_search.score(self.val_data, self.hparams.val_k, self.hparams.search_backend)
+        if scored is None:
             return
-        dim = parts[0][2].shape[1]
-        matrices = {"query": np.zeros((len(data.queries), dim), np.float32),
-                    "passage": np.zeros((len(data.passages), dim), np.float32)}
-        encoded = {kind: np.zeros(len(m), bool) for kind, m in matrices.items()}
-        for kind, rows, embeddings in parts:
-            matrices[kind][rows], encoded[kind][rows] = embeddings, True
-        if not all(e.all() for e in encoded.values()):  # limit_val_batches, fast_dev_run: score what was encoded
-            rank_zero_warn(f"validation encoded {encoded['query'].sum()} of {len(data.queries)} queries and "
-                           f"{encoded['passage'].sum()} of {len(data.passages)} passages: val/ metrics score that "
-                           "part")
-            data = _part(data, encoded["query"], encoded["passage"])
-            matrices = {kind: m[encoded[kind]] for kind, m in matrices.items()}
-        result = evaluate_embeddings(data, matrices["query"], matrices["passage"], self.hparams.val_k,
-                                     self.hparams.search_backend)
-        # Every process computed the same numbers from the same gathered embeddings: no sync needed.
+        result, n_queries, n_passages = scored
+        if n_queries < len(self.val_data.queries) or n_passages < len(self.val_data.passages):
+            rank_zero_warn(f"validation encoded {n_queries} of {len(self.val_data.queries)} queries and {n_passages} "
+                           f"of {len(self.val_data.passages)} passages: val/ metrics score that part")
+        # Every process computed the same numbers from the same gathered results: no sync needed.
         for name, value in result.metrics.items():
             self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
-        self._val_parts = []
 
     def configure_optimizers(self) -> dict:
         decay, no_decay = [], []
@@ -179,15 +162,6 @@ class BiEncoderModule(L.LightningModule):
 def step_seed(seed: int, rank: int, batches: int) -> int:
     """A well-mixed 64-bit seed for one batch of one process (nearby integers would seed correlated streams)."""
     return int(np.random.SeedSequence([seed, rank, batches]).generate_state(1, np.uint64)[0])
-
-
-def _part(data: RetrievalData, queries: np.ndarray, passages: np.ndarray) -> RetrievalData:
-    """The queries and passages where the masks are set, with their qrels."""
-    pick = lambda values, mask: [v for v, keep in zip(values, mask) if keep]  # noqa: E731
-    query_ids = pick(data.query_ids, queries)
-    return RetrievalData(pick(data.corpus_ids, passages), pick(data.passages, passages), query_ids,
-                         pick(data.queries, queries), {q: data.qrels[q] for q in query_ids if q in data.qrels},
-                         data.report)
 
 
 def training_precision(setting: str, accelerator: str = "auto") -> str:
