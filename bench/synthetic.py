@@ -25,14 +25,24 @@ def sentences(scifact: Path) -> list[str]:
     return found
 
 
-def build_synthetic(scifact: Path, size: int, out: Path, n_queries: int = 2000) -> Path:
+def made_up_sentences(n: int = 30_000) -> list[str]:
+    """Where SciFact is absent: sentences of made-up words, Zipf-distributed as a language's are (seeded)."""
+    rng = random.Random(0)
+    letters = "etaoinshrdlcumwfgypbvk"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(20_000)]
+    weights = [1 / (rank + 1) for rank in range(len(words))]
+    return [" ".join(rng.choices(words, weights, k=rng.randint(8, 25))).capitalize() + "." for _ in range(n)]
+
+
+def build_synthetic(scifact: Path | None, size: int, out: Path, n_queries: int = 2000) -> Path:
     """A BEIR folder at `out` (train split only): `size` passages, each 6 sentences drawn with random.Random(0);
     `n_queries` of them are positives, and each one's query is its first '. '-separated piece. Built once: a
-    folder already holding this size and query count is reused."""
+    folder already holding this size and query count is reused. Without SciFact, made-up sentences."""
     stamp = out / "built.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == {"passages": size, "queries": n_queries}:
+    built = {"passages": size, "queries": n_queries, "sentences": "scifact" if scifact else "made up"}
+    if stamp.is_file() and json.loads(stamp.read_text()) == built:
         return out
-    pool = sentences(scifact)
+    pool = sentences(scifact) if scifact else made_up_sentences()
     rng = random.Random(0)
     passages = [" ".join(rng.sample(pool, 6)) for _ in range(size)]
     positives = rng.sample(range(size), min(n_queries, size))
@@ -45,7 +55,7 @@ def build_synthetic(scifact: Path, size: int, out: Path, n_queries: int = 2000) 
         for n, i in enumerate(positives):
             f.write(json.dumps({"_id": f"q{n}", "text": passages[i].split(". ")[0]}) + "\n")
             q.write(f"q{n}\tp{i}\t1\n")
-    stamp.write_text(json.dumps({"passages": size, "queries": n_queries}))
+    stamp.write_text(json.dumps(built))
     return out
 
 
