@@ -3,7 +3,7 @@ mined with a small random encoder, so that encoding does not hide search, storag
 
     python bench/scale.py --passages 100000                  # one size: time per stage, peak RSS; last line JSON
     python bench/scale.py --passages 100000 --st faiss       # sentence-transformers' mine_hard_negatives instead
-    python bench/scale.py --sweep 100000,300000,1000000 --st faiss,exact --out docs/bench/scale_cpu.json \\
+    python bench/scale.py --sweep 100000,300000,1000000 --st faiss,torch --out docs/bench/scale_cpu.json \\
         --plot docs/bench/scale_cpu.png                      # each size and side in its own process; table, plot
 
 One size runs in one process, so that its peak RSS (ru_maxrss) is its own. `text_mb` is what loading the split
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, help="one corpus size, in this process")
     parser.add_argument("--sweep", help="sizes, comma-separated: each in its own process")
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--st", help="sentence-transformers instead of ours (one size: faiss or exact); with --sweep "
+    parser.add_argument("--st", help="sentence-transformers instead of ours (one size: faiss or torch); with --sweep "
                                      "beside ours, comma-separated")
     parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR") or None,
                         help="a BEIR SciFact folder for the sentences (default: $SCIFACT_DIR, else made up)")
