@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from pa_retriever.data.folds import Fold
 from pa_retriever.utils.io import texts_fingerprint
 
 log = logging.getLogger(__name__)
@@ -188,15 +189,17 @@ def read_qrels(path: Path, qrels: Qrels | None = None) -> tuple[Qrels, int, int]
 
 
 def qrels_files(root: Path, split: str) -> list[Path]:
-    """The judgement files of `split`, which may join several with '+'."""
-    return [Path(root) / "qrels" / f"{name}.tsv" for name in split.split("+")]
+    """The judgement files of `split`, which may join several with '+' (and name a fold of them: data/folds.py)."""
+    return [Path(root) / "qrels" / f"{name}.tsv" for name in Fold.parse(split)[0].split("+")]
 
 
 def load_split(path: str | Path, split: str, strict: bool = False, use_title: bool = True) -> RetrievalData:
     """Load the corpus and the judged queries of `split` from a BEIR folder, reporting what does not fit.
 
-    `split` may join several with '+' (`train+dev`: e.g. the final model trained on every labelled query)."""
+    `split` may join several with '+' (`train+dev`: e.g. the final model trained on every labelled query), and
+    name a fold of them for cross-validation (`train+dev:fold2of5`, `train+dev:without-fold2of5`)."""
     root = Path(path)
+    fold = Fold.parse(split)[1]
     qrels_paths = qrels_files(root, split)
     for required in (root / "corpus.jsonl", root / "queries.jsonl", *qrels_paths):
         if not required.is_file():
@@ -234,8 +237,9 @@ def load_split(path: str | Path, split: str, strict: bool = False, use_title: bo
     for problem in report.problems:
         log.warning("%s: %s", qrels_where, problem)
     log.info("Loaded %s: %d passages, %d queries, %d judgements", root, len(corpus_ids), len(query_ids), rows)
-    return RetrievalData(corpus_ids, passages, query_ids, [query_text[q] for q in query_ids],
+    data = RetrievalData(corpus_ids, passages, query_ids, [query_text[q] for q in query_ids],
                          {q: qrels[q] for q in query_ids}, report)
+    return fold.select(data) if fold else data
 
 
 FALSE_NEGATIVES_FILE = "false_negatives.tsv"
