@@ -1,6 +1,7 @@
 """mine.py, train.py and evaluate.py end to end on the demo data with tiny models (fast_dev_run and friends)."""
 
 import json
+import logging
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -127,7 +128,7 @@ def test_evaluate_cli_writes_exactly_the_four_metrics(tiny_bert_dir, tmp_path):
     assert len((out / "run.trec").read_text().splitlines()) == 300
 
 
-def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir, tmp_path):
+def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir, tmp_path, caplog):
     """The exported folder encodes identically in sentence-transformers and in our encoder (prompts included)."""
     from sentence_transformers import SentenceTransformer
 
@@ -148,7 +149,16 @@ def test_trained_model_loads_in_sentence_transformers_and_evaluate(tiny_bert_dir
     np.testing.assert_allclose(ours.encode(texts[:1], "query", progress=False),
                                st.encode(texts[:1], prompt_name="query"), atol=1e-5)
     # a query longer than 32 tokens is where the two part: the model card says so
-    assert "queries cut at 32 tokens (sentence-transformers cuts every text at 64)" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "queries cut at 32 tokens (sentence-transformers cuts every text at 64)" in card
+    assert "trained at: queries 32 tokens, passages 64 tokens" in card
+    # encoded longer than it was trained, it scores lower: evaluate.py says so
+    from pa_retriever.tasks.evaluate import evaluate
+    with caplog.at_level(logging.WARNING, logger="pa_retriever.tasks.evaluate"):
+        evaluate(compose_cfg("evaluate", ["model=folder", f"model.name_or_path={folder}", "model.passage_max_length=128",
+                                          "encode.progress=false", "data.split=dev", "logger=csv"], tmp_path / "eval"))
+    assert "trained with passages cut at 64 tokens and is asked to encode them at 128" in caplog.text
+    assert "queries cut" not in caplog.text  # queries at their trained 32
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path):

@@ -112,6 +112,12 @@ def read_settings(path: Path | None) -> dict[str, Any]:
     return found
 
 
+def trained_lengths(path: Path | None) -> dict[str, int]:
+    """The query and passage lengths a folder this project exported was trained at ({} for any other folder)."""
+    spec = _json(path / "encoder_spec.json") if path is not None else {}
+    return {kind: spec[f"{kind}_max_length"] for kind in ("query", "passage") if spec.get(f"{kind}_max_length")}
+
+
 POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
 
 

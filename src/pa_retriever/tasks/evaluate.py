@@ -3,12 +3,14 @@ lists (a row each and their average, as BEIR and MTEB report), scored as train.p
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pa_retriever.encode.encoder import EncodeSettings
-from pa_retriever.encode.spec import EncoderSpec
+from pa_retriever.encode.spec import EncoderSpec, local_path, resolve_model_path
+from pa_retriever.encode.st_folder import trained_lengths
 from pa_retriever.encode.towers import Towers
 from pa_retriever.eval.metrics import MEASURES
 from pa_retriever.eval.retrieval import format_table, score_model, write_results
@@ -16,6 +18,8 @@ from pa_retriever.tasks.datasets import datasets
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_loggers, log_config, task_wrapper
 from pa_retriever.utils.io import write_json_atomic
 from pa_retriever.utils.plots import pyplot, save_figure
+
+log = logging.getLogger(__name__)
 
 
 @task_wrapper
@@ -25,7 +29,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_loggers(cfg.get("logger"))
     log_config(loggers, cfg)
     settings = EncodeSettings.from_config(cfg.encode)
-    towers = Towers.load(EncoderSpec.from_config(cfg.model), settings)
+    spec = EncoderSpec.from_config(cfg.model)
+    _warn_if_longer_than_trained(spec)
+    towers = Towers.load(spec, settings)
     out_dir = Path(cfg.paths.output_dir)
     jobs = datasets(cfg, "split")
     scores = {}
@@ -51,6 +57,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     finish_loggers(loggers)
     print(f"Results written to {out_dir}")
     return metrics
+
+
+def _warn_if_longer_than_trained(spec: EncoderSpec) -> None:
+    """A model trained at 128 tokens scores lower encoded at 512: say so, since nothing else would."""
+    trained = trained_lengths(local_path(resolve_model_path(spec.name_or_path)))
+    for kind, length in trained.items():
+        if spec.max_length(kind) > length:
+            log.warning("%s was trained with %ss cut at %d tokens and is asked to encode them at %d: it may score "
+                        "lower than it was measured at (model.%s_max_length=%d encodes as trained)", spec.name_or_path,
+                        kind, length, spec.max_length(kind), kind, length)
 
 
 def summary_table(scores: dict[str, dict[str, float]], average: dict[str, float]) -> str:
