@@ -5,6 +5,7 @@ mined with a small random encoder, so that encoding does not hide search, storag
     python bench/scale.py --passages 100000 --st faiss       # sentence-transformers' mine_hard_negatives instead
     python bench/scale.py --sweep 100000,300000,1000000 --st faiss,torch --out docs/bench/scale_cpu.json \\
         --plot docs/bench/scale_cpu.png                      # each size and side in its own process; table, plot
+    python bench/scale.py --datamodule 500000 --passages 100000   # the training DataModule at MS MARCO's size
 
 One size runs in one process, so that its peak RSS (ru_maxrss) is its own. `text_mb` is what loading the split
 added to the process (the corpus text as Python holds it); the memory target reads `peak_rss_mb - text_mb`.
@@ -122,6 +123,64 @@ def sentence_transformers(data_dir: Path, model: Path, use_faiss: bool) -> dict:
     return {"seconds": timings["mine"]["seconds"], "stages": timings, "text_mb": round(text_mb), "rows": len(mined)}
 
 
+class StoredCandidates:
+    """Candidates made up in memory (random rows, descending scores), in place of a mined source."""
+
+    name = "made up"
+
+    def __init__(self, candidates):
+        self.candidates = candidates
+
+    def check(self, method, distill: bool = False, embeddings: bool = False) -> None:
+        pass
+
+    def mine(self, data, rank: int = 0, world: int = 1) -> None:
+        pass
+
+    def load(self, data) -> dict:
+        return {"made up": self.candidates}
+
+
+def datamodule(args: argparse.Namespace) -> dict:
+    """The training DataModule over `--datamodule` queries x 100 candidates + 32 tail (MS MARCO's train size is 500k
+    queries): setup (tokenising every query and every stored passage), then batches drawn as training draws them."""
+    import numpy as np
+
+    from pa_retriever.data.beir import LoadReport, RetrievalData, load_split
+    from pa_retriever.data.candidates import CandidateArrays
+    from pa_retriever.encode.spec import EncoderSpec
+    from pa_retriever.mining.methods import MiningMethod
+    from pa_retriever.training.datamodule import RetrievalDataModule, TrainingPart
+    corpus = load_split(build_synthetic(args.data, args.passages, args.work / f"synthetic-{args.passages}",
+                                        args.queries), "train")
+    n, rng, timings = args.datamodule, np.random.default_rng(0), {}
+    before = current_rss_mb()
+    texts = [f"{corpus.queries[i % len(corpus.queries)]} ({i})" for i in range(n)]
+    pos = rng.integers(0, args.passages, (n, 1))
+    data = RetrievalData(corpus.corpus_ids, corpus.passages, [f"q{i}" for i in range(n)], texts,
+                         {f"q{i}": {corpus.corpus_ids[p]: 1} for i, p in enumerate(pos[:, 0])}, LoadReport("made up"))
+    scores = lambda shape, top: np.sort(rng.uniform(0, top, shape).astype(np.float32), 1)[:, ::-1]  # noqa: E731
+    candidates = CandidateArrays(data.query_ids, pos, np.full((n, 1), 0.9, np.float32),
+                                 rng.integers(0, args.passages, (n, 100)), scores((n, 100), 0.95),
+                                 rng.integers(0, args.passages, (n, 32)), scores((n, 32), 0.3), args.passages)
+    text_mb = current_rss_mb() - before
+    spec = EncoderSpec.from_folder(random_encoder(args.work / "random-encoder"))
+    part = TrainingPart("made up", data, StoredCandidates(candidates),
+                        MiningMethod("topk_percpos", 4, filter="percpos", perc=0.95), spec)
+    module = RetrievalDataModule([part], batch_size=32, num_workers=0, progress=False)
+    stage(timings, "setup", lambda: module.setup("fit"))
+    loader = module.train_dataloader()
+
+    def draw(batches: int = 500) -> int:
+        return sum(1 for _, _ in zip(range(batches), loader))
+
+    drawn = stage(timings, "batches", draw)
+    return {"side": "ours (DataModule)", "queries": n, "passages": args.passages, "candidates": [n, 100 + 32],
+            "stages": timings, "text_mb": round(text_mb), "peak_rss_mb": round(peak_rss_mb()),
+            "batches_per_epoch": len(loader), "batches_drawn": drawn,
+            "batch_ms": round(1000 * timings["batches"]["seconds"] / drawn, 2)}
+
+
 def one_size(args: argparse.Namespace) -> dict:
     import torch
     started = time.perf_counter()
@@ -201,6 +260,7 @@ def main() -> None:
     parser.add_argument("--passages", type=int, help="one corpus size, in this process")
     parser.add_argument("--sweep", help="sizes, comma-separated: each in its own process")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--datamodule", type=int, help="the training DataModule over this many made-up queries")
     parser.add_argument("--st", help="sentence-transformers instead of ours (one size: faiss or torch); with --sweep "
                                      "beside ours, comma-separated")
     parser.add_argument("--data", type=Path, default=os.environ.get("SCIFACT_DIR") or None,
@@ -223,7 +283,7 @@ def main() -> None:
         return
     if not args.passages:
         parser.error("give --passages or --sweep")
-    print(json.dumps(one_size(args)))
+    print(json.dumps(datamodule(args) if args.datamodule else one_size(args)))
 
 
 if __name__ == "__main__":
