@@ -80,3 +80,30 @@ def test_bm25_pair_scores_equal_bm25s_scores_of_the_whole_corpus():
         valid = idx[row] >= 0
         np.testing.assert_allclose(got[row, valid], whole[idx[row, valid]], rtol=1e-5, atol=1e-6)
         assert np.isnan(got[row, ~valid]).all()
+
+
+def test_the_candidates_store_round_trips_in_row_groups(tmp_path, monkeypatch):
+    """Written and read a group at a time (groups of their own widths), the arrays come back as they were."""
+    import pyarrow.parquet as pq
+
+    from pa_retriever.data import candidates as store
+    monkeypatch.setattr(store, "ROW_GROUP", 3)
+    rng = np.random.default_rng(0)
+    n, ids = 8, [f"p{i}" for i in range(50)]
+    neg = rng.integers(0, 50, (n, 5))
+    neg[:3, 2:] = -1  # the first group is narrower than the others
+    pos = np.where(np.arange(n)[:, None] < 7, rng.integers(0, 50, (n, 2)), -1)
+    pos[:, 1] = -1
+    original = store.CandidateArrays(
+        [f"q{i}" for i in range(n)], pos, np.where(pos >= 0, 0.9, np.nan).astype(np.float32), neg,
+        np.where(neg >= 0, rng.random((n, 5)), -np.inf).astype(np.float32), np.full((n, 2), -1),
+        np.full((n, 2), -np.inf, np.float32), 50)
+    store.write_candidates(tmp_path, original, ids, {"teacher": "made up"})
+    assert pq.ParquetFile(tmp_path / store.CANDIDATES_FILE).num_row_groups == 3
+    loaded = store.load_candidates(tmp_path, {p: i for i, p in enumerate(ids)})
+    assert loaded.query_ids == original.query_ids and loaded.manifest["rows"] == n
+    for name in ("pos", "neg", "tail"):
+        idx = getattr(original, f"{name}_idx")
+        width = int((idx >= 0).sum(1).max(initial=0)) or 1  # stored lists: padding beyond the longest is dropped
+        np.testing.assert_array_equal(getattr(loaded, f"{name}_idx"), idx[:, :width])
+        np.testing.assert_array_equal(getattr(loaded, f"{name}_scores"), getattr(original, f"{name}_scores")[:, :width])

@@ -5,7 +5,9 @@ candidates.parquet has one row per training query with at least one positive:
     neg_ids, neg_scores                    the teacher's top-K other passages, best first
     tail_ids, tail_scores                  a random sample of passages ranked below the top-K, best first:
                                            the fill source when a filter leaves too few candidates
-The manifest is written last, so a folder without one is incomplete and is mined again.
+The manifest is written last, so a folder without one is incomplete and is mined again. The file is written and
+read in row groups of ROW_GROUP queries: passage ids exist as Python strings for one group at a time (at MS MARCO's
+500k queries x 133 passages, all at once they would take gigabytes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATES_FILE, MANIFEST_FILE = "candidates.parquet", "manifest.json"
 LIST_COLUMNS = ("pos", "neg", "tail")
+ROW_GROUP = 16_384
 SCHEMA = pa.schema([("query_id", pa.string())] + [
     field for name in LIST_COLUMNS
     for field in ((f"{name}_ids", pa.list_(pa.string())), (f"{name}_scores", pa.list_(pa.float32())))])
@@ -65,17 +68,20 @@ def _list_array(idx: np.ndarray, values: np.ndarray) -> pa.ListArray:
 
 
 def write_candidates(folder: Path, candidates: CandidateArrays, corpus_ids: list[str], manifest: dict) -> None:
-    """Write candidates.parquet, then the manifest: each atomically, the manifest last."""
+    """Write candidates.parquet a row group at a time, then the manifest: each atomically, the manifest last."""
     ids = np.asarray(corpus_ids, dtype=object)
-    columns = {"query_id": pa.array(candidates.query_ids, pa.string())}
-    for name in LIST_COLUMNS:
-        idx = getattr(candidates, f"{name}_idx")
-        columns[f"{name}_ids"] = _list_array(idx, ids[np.maximum(idx, 0)])
-        columns[f"{name}_scores"] = _list_array(idx, getattr(candidates, f"{name}_scores").astype(np.float32))
-    table = pa.table(columns, schema=SCHEMA)
     with atomic_path(folder / CANDIDATES_FILE) as tmp:
-        pq.write_table(table, tmp)
-    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "rows": table.num_rows})
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            for start in range(0, max(1, len(candidates)), ROW_GROUP):  # an empty store is one empty group
+                rows = slice(start, start + ROW_GROUP)
+                columns = {"query_id": pa.array(candidates.query_ids[rows], pa.string())}
+                for name in LIST_COLUMNS:
+                    idx = getattr(candidates, f"{name}_idx")[rows]
+                    columns[f"{name}_ids"] = _list_array(idx, ids[np.maximum(idx, 0)])
+                    columns[f"{name}_scores"] = _list_array(idx, getattr(candidates, f"{name}_scores")[rows]
+                                                            .astype(np.float32))
+                writer.write_table(pa.table(columns, schema=SCHEMA))
+    write_json_atomic(folder / MANIFEST_FILE, {**manifest, "rows": len(candidates)})
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -107,9 +113,9 @@ def _padded(table: pa.Table, column: str, fill, convert=None) -> np.ndarray:
 
 
 def load_candidates(folder: Path, passage_index: dict[str, int]) -> CandidateArrays:
-    """Read a candidates folder into arrays, mapping passage ids to corpus rows."""
+    """Read a candidates folder into arrays, row group by row group, mapping passage ids to corpus rows."""
     path = folder / CANDIDATES_FILE
-    table = pq.read_table(path)
+    file = pq.ParquetFile(path)
 
     def to_rows(ids: np.ndarray) -> np.ndarray:
         try:
@@ -118,15 +124,28 @@ def load_candidates(folder: Path, passage_index: dict[str, int]) -> CandidateArr
             raise DataFormatError(path, None, f"passage id {e} is not in the corpus: the corpus changed "
                                               f"since mining; delete {folder} to mine again") from None
 
-    arrays = {}
-    for name in LIST_COLUMNS:
-        arrays[f"{name}_idx"] = _padded(table, f"{name}_ids", -1, to_rows)
-        arrays[f"{name}_scores"] = _padded(table, f"{name}_scores", np.nan if name == "pos" else -np.inf)
-    for name in LIST_COLUMNS:  # a stored score is a number: a NaN would pass or fail every filter by accident
-        idx, scores = arrays[f"{name}_idx"], arrays[f"{name}_scores"]
-        if (bad := (idx >= 0) & ~np.isfinite(scores)).any():
-            query = table.column("query_id")[int(np.nonzero(bad.any(1))[0][0])]
-            raise DataFormatError(path, None, f"{int(bad.sum())} {name} scores are NaN or infinite (query {query} "
-                                              f"first): delete {folder} to mine again")
-    return CandidateArrays(query_ids=table.column("query_id").to_pylist(), n_passages=len(passage_index),
-                           manifest=read_manifest(folder) or {}, **arrays)
+    query_ids: list[str] = []
+    groups: dict[str, list[np.ndarray]] = {}
+    for group in range(file.num_row_groups):
+        table = file.read_row_group(group)
+        for name in LIST_COLUMNS:
+            idx = _padded(table, f"{name}_ids", -1, to_rows)
+            scores = _padded(table, f"{name}_scores", np.nan if name == "pos" else -np.inf)
+            # a stored score is a number: a NaN would pass or fail every filter by accident
+            if (bad := (idx >= 0) & ~np.isfinite(scores)).any():
+                query = table.column("query_id")[int(np.nonzero(bad.any(1))[0][0])]
+                raise DataFormatError(path, None, f"{int(bad.sum())} {name} scores are NaN or infinite (query "
+                                                  f"{query} first): delete {folder} to mine again")
+            groups.setdefault(f"{name}_idx", []).append(idx)
+            groups.setdefault(f"{name}_scores", []).append(scores)
+        query_ids += table.column("query_id").to_pylist()
+    arrays = {key: _stack(parts, -1 if key.endswith("_idx") else np.nan if key == "pos_scores" else -np.inf)
+              for key, parts in groups.items()}
+    return CandidateArrays(query_ids=query_ids, n_passages=len(passage_index), manifest=read_manifest(folder) or {},
+                           **arrays)
+
+
+def _stack(parts: list[np.ndarray], fill) -> np.ndarray:
+    """Row groups padded to their own widths, stacked at the widest."""
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts])
