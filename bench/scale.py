@@ -6,6 +6,7 @@ mined with a small random encoder, so that encoding does not hide search, storag
     python bench/scale.py --sweep 100000,300000,1000000 --st faiss,torch --out docs/bench/scale_cpu.json \\
         --plot docs/bench/scale_cpu.png                      # each size and side in its own process; table, plot
     python bench/scale.py --datamodule 500000 --passages 100000   # the training DataModule at MS MARCO's size
+    python bench/scale.py --report docs/bench/scale_cpu.json --plot docs/bench/scale_cpu.png   # saved rows again
 
 One size runs in one process, so that its peak RSS (ru_maxrss) is its own. `text_mb` is what loading the split
 added to the process (the corpus text as Python holds it); the memory target reads `peak_rss_mb - text_mb`.
@@ -268,15 +269,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pa-retriever-scale",
                         help="corpora and the random encoder, built once")
     parser.add_argument("--out", type=Path, help="--sweep: the rows as JSON")
+    parser.add_argument("--report", type=Path, help="the table (and --plot) of rows a sweep saved")
     parser.add_argument("--plot", type=Path, help="--sweep: the log-log plot")
     args = parser.parse_args()
     if args.data and not (args.data / "corpus.jsonl").is_file():
         args.data = None
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.sweep:
-        rows = sweep(args)
+    if args.sweep or args.report:
+        rows = json.loads(args.report.read_text()) if args.report else sweep(args)
         print(table(rows))
-        if args.out:
+        if args.out and args.sweep:
             args.out.write_text(json.dumps(rows, indent=2) + "\n")
         if args.plot:
             plot(rows, args.plot)
