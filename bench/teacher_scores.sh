@@ -45,8 +45,8 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
     run=$logs/$1/seed$2
     [ -f "$run/summary.json" ] || python train.py "${common[@]}" "seed=$2" "hydra.run.dir=$run" "${@:3}"
   }
-  for seed in ${seeds//,/ }; do
-    for teacher in minilm round2 cross_encoder; do
+  for seed in ${seeds//,/ }; do  # the cross-encoder last: its mining costs the most on a CPU
+    for teacher in minilm round2; do
       for loss in infonce infonce_kl kl; do
         # shellcheck disable=SC2086  # the overrides split into words on purpose
         train "$teacher/$loss" "$seed" ${teachers[$teacher]} ${losses[$loss]}
@@ -55,6 +55,10 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
     for loss in mask_student mask_teacher; do
       # shellcheck disable=SC2086
       train "minilm/$loss" "$seed" ${teachers[minilm]} ${masking[$loss]}
+    done
+    for loss in infonce infonce_kl kl; do
+      # shellcheck disable=SC2086
+      train "cross_encoder/$loss" "$seed" ${teachers[cross_encoder]} ${losses[$loss]}
     done
   done
 
