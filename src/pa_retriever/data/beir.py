@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -79,6 +79,13 @@ class RetrievalData:
     def passages_fingerprint(self) -> str:
         """A content hash of the passage texts (cache keys), computed once: a second per GB of text."""
         return texts_fingerprint(self.passages)
+
+    def with_queries(self, rows: Iterable[int]) -> RetrievalData:
+        """The split restricted to the queries at `rows`, with their judgements; the corpus whole."""
+        rows = list(rows)
+        query_ids = [self.query_ids[i] for i in rows]
+        return replace(self, query_ids=query_ids, queries=[self.queries[i] for i in rows],
+                       qrels={q: self.qrels[q] for q in query_ids if q in self.qrels})
 
     def positives(self, query_id: str) -> list[str]:
         """Passages judged relevant (score > 0) that exist in the corpus."""

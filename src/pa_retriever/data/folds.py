@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pa_retriever.utils.checks import SettingError
 
@@ -43,7 +43,4 @@ class Fold:
         """The fold's queries of `data` (or all the others), with their judgements; the corpus whole."""
         groups = sorted(dict.fromkeys(data.queries), key=lambda text: hashlib.sha256(text.encode()).hexdigest())
         in_fold = {text for i, text in enumerate(groups) if i % self.folds == self.fold}
-        keep = [i for i, text in enumerate(data.queries) if (text in in_fold) != self.without]
-        query_ids = [data.query_ids[i] for i in keep]
-        return replace(data, query_ids=query_ids, queries=[data.queries[i] for i in keep],
-                       qrels={q: data.qrels[q] for q in query_ids})
+        return data.with_queries(i for i, text in enumerate(data.queries) if (text in in_fold) != self.without)

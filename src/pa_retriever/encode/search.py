@@ -2,7 +2,8 @@
 
 The corpus may come as several shards (arrays or memory maps) or be streamed block by block (`TopK`): each block
 is searched in pieces so that no score matrix larger than `max_block_scores` floats exists at once, and a running
-top-k is merged block by block. Results are ordered by score, then by corpus index, so both backends agree wherever scores differ.
+top-k is merged block by block. Results are ordered by score, then by corpus index, so both backends agree
+wherever scores differ.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ def score_model(towers: Towers, data: RetrievalData, settings: EncodeSettings = 
     embeddings are never held whole), and score: what evaluate.py reports, and train.py after training."""
     queries = towers.encode(data.queries, "query", settings.batch_size, progress=settings.progress)
     _refuse_non_finite(queries, data.query_ids, "query")
-    top = TopK(queries, _depth(k, ignore_identical_ids), settings.search_backend)
-    blocks = [(start, min(len(data.passages), start + block_rows)) for start in range(0, len(data.passages), block_rows)]
+    top = TopK(queries, search_depth(k, ignore_identical_ids), settings.search_backend)
+    n = len(data.passages)
+    blocks = [(start, min(n, start + block_rows)) for start in range(0, n, block_rows)]
     for (start, stop), embeddings in zip(blocks, towers.encode_ranges(data.passages, "passage", blocks,
                                                                       settings.batch_size, progress=settings.progress)):
         _refuse_non_finite(embeddings, data.corpus_ids[start:stop], "passage")
@@ -58,7 +59,7 @@ def evaluate_embeddings(data: RetrievalData, queries: np.ndarray, passages: np.n
                         backend: str = "auto", ignore_identical_ids: bool = True) -> EvalResult:
     for kind, matrix, ids in (("query", queries, data.query_ids), ("passage", passages, data.corpus_ids)):
         _refuse_non_finite(matrix, ids, kind)
-    return evaluate_search(data, *exact_search(queries, passages, _depth(k, ignore_identical_ids), backend), k,
+    return evaluate_search(data, *exact_search(queries, passages, search_depth(k, ignore_identical_ids), backend), k,
                            ignore_identical_ids)
 
 
@@ -71,8 +72,9 @@ def evaluate_search(data: RetrievalData, scores: np.ndarray, indices: np.ndarray
     return EvalResult(mean_metrics(per_query), per_query, run)
 
 
-def _depth(k: int, ignore_identical_ids: bool) -> int:
-    return k + 1 if ignore_identical_ids else k  # room for a skipped self-match
+def search_depth(k: int, ignore_identical_ids: bool = True) -> int:
+    """How deep to search for `k` results: one more where a self-match may be skipped."""
+    return k + 1 if ignore_identical_ids else k
 
 
 def _refuse_non_finite(matrix: np.ndarray, ids: list[str], kind: str) -> None:

@@ -17,8 +17,8 @@ def model_card(name: str, spec: EncoderSpec, base_model: str, teacher: str, meth
              f"- base model: `{base_model}`", f"- teacher: {teacher_line}",
              f"- mining: `{mining_settings if mining_settings is not None else method}`",
              f"- trained on: {trained_on}",
-             f"- trained at: queries {spec.query_max_length} tokens, passages {spec.passage_max_length} tokens (encoded "
-             "longer, it scores lower than it was measured here)"]
+             f"- trained at: queries {spec.query_max_length} tokens, passages {spec.passage_max_length} tokens "
+             "(encoded longer, it scores lower than it was measured here)"]
     if scored:
         split, metrics, precision = scored
         lines.append(f"- {split} (encoded in {precision}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

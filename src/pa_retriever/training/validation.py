@@ -5,19 +5,11 @@ The scores are those of evaluate.py on the same embeddings."""
 from __future__ import annotations
 
 import numpy as np
-import torch.distributed as dist
 
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.encode.search import TopK, sort_rows
-from pa_retriever.eval.retrieval import EvalResult, evaluate_search
-
-
-def _gather(value: object) -> list:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, value)
-        return gathered
-    return [value]
+from pa_retriever.eval.retrieval import EvalResult, evaluate_search, search_depth
+from pa_retriever.utils.distributed import all_gather_object
 
 
 class ValidationSearch:
@@ -32,24 +24,24 @@ class ValidationSearch:
     def score(self, data: RetrievalData, k: int, backend: str = "auto") -> tuple[EvalResult, int, int] | None:
         """The metrics over the queries encoded on any process, searching the passages encoded on any (with
         limit_val_batches, fast_dev_run: a part of each), and how many of each were encoded; None if no query was."""
-        query_parts = [part for parts in _gather(self.parts["query"]) for part in parts]
-        passage_rows = np.unique(np.concatenate([rows for rows, _ in self.parts["passage"]] or [np.zeros(0, int)]))
-        n_passages = sum(_gather(len(passage_rows)))  # a row two processes encoded counts twice: only in tiny sets
+        query_parts = [part for parts in all_gather_object(self.parts["query"]) for part in parts]
+        passage_rows = np.concatenate([rows for rows, _ in self.parts["passage"]] or [np.zeros(0, np.int64)])
+        # a row two processes encoded counts twice: only in tiny sets
+        n_passages = sum(all_gather_object(len(np.unique(passage_rows))))
         if not query_parts:
             return None
         rows = np.concatenate([r for r, _ in query_parts])
         rows, first = np.unique(rows, return_index=True)  # in row order, each once
         queries = np.concatenate([e for _, e in query_parts])[first]
-        depth = k + 1  # room for a skipped self-match, as evaluate.py searches
+        depth = search_depth(k)  # as evaluate.py searches
         top = TopK(queries, depth, backend)
         if self.parts["passage"]:
-            top.add(np.concatenate([e for _, e in self.parts["passage"]]),
-                    np.concatenate([r for r, _ in self.parts["passage"]]))
+            top.add(np.concatenate([e for _, e in self.parts["passage"]]), passage_rows)
         self.parts = {"query": [], "passage": []}
-        found = _gather(top.result())
+        found = all_gather_object(top.result())
         scores, indices = (np.concatenate(arrays, axis=1) for arrays in zip(*found))
         scores, indices = sort_rows(*_drop_repeats(scores, indices), depth)
-        part = data if len(rows) == len(data.queries) else _queries(data, rows)
+        part = data if len(rows) == len(data.queries) else data.with_queries(rows)
         return evaluate_search(part, scores, indices, k), len(rows), n_passages
 
 
@@ -60,9 +52,3 @@ def _drop_repeats(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, 
     repeat[:, 1:] = (indices[:, 1:] == indices[:, :-1]) & (indices[:, 1:] >= 0)
     return np.where(repeat, -np.inf, scores), np.where(repeat, -1, indices)
 
-
-def _queries(data: RetrievalData, rows: np.ndarray) -> RetrievalData:
-    """The split restricted to the queries `rows`, with their qrels; the corpus whole (search results index it)."""
-    query_ids = [data.query_ids[i] for i in rows]
-    return RetrievalData(data.corpus_ids, data.passages, query_ids, [data.queries[i] for i in rows],
-                         {q: data.qrels[q] for q in query_ids if q in data.qrels}, data.report)

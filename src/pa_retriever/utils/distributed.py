@@ -1,4 +1,4 @@
-"""torch.distributed for jobs that are not Lightning fits (mining): rank, world size, barrier."""
+"""torch.distributed for jobs that are not Lightning fits (mining): rank, world size, barrier, gather."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def rank_and_world() -> tuple[int, int]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def all_gather_object(value: object) -> list:
+    """Every process's `value`, in rank order; [value] when run alone."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+    return [value]
