@@ -48,6 +48,16 @@ def test_a_shard_written_meanwhile_by_another_job_is_not_encoded_again(tmp_path)
     np.testing.assert_array_equal(store.rows(np.arange(4))[:, 0], [0, 1, 2, 3])
 
 
+
+def test_work_finished_between_a_look_and_the_claim_is_not_done_again(tmp_path):
+    """Another job may write the shard and release its claim after this job looked and before it claimed."""
+    from pa_retriever.utils.io import claim_unfinished
+    looks = iter([False, True])  # not finished at the first look, finished once claimed
+    assert not claim_unfinished(tmp_path / "shard.claim", lambda: next(looks))
+    assert not (tmp_path / "shard.claim").exists()  # the claim is given back
+    assert claim_unfinished(tmp_path / "shard.claim", lambda: False)
+    assert not claim_unfinished(tmp_path / "shard.claim", lambda: False)  # held by this process now
+
 def test_search_returns_no_row_for_a_nan_query_in_any_shard():
     from pa_retriever.encode.search import exact_search
     queries = np.array([[1, 0], [np.nan, np.nan]], np.float32)

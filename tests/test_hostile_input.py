@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -154,13 +155,35 @@ def test_damaged_cache_files_are_refused_or_mined_again(tiny_bert_dir, tmp_path,
     assert f"{shard}: unreadable" in run_script("mine.py", mine, fails=True)
 
 
+GATED_MINE = """
+import runpy, sys, time
+from pathlib import Path
+import pa_retriever.tasks.mine, hydra  # the slow imports, before the common start
+gate, name = Path(sys.argv[1]), sys.argv[2]
+(gate.parent / f"ready-{name}").touch()
+while not gate.exists():
+    time.sleep(0.01)
+sys.argv = ["mine.py", *sys.argv[3:]]
+runpy.run_path("mine.py", run_name="__main__")
+"""
+
+
 def test_two_jobs_on_one_cache_split_the_encoding(tiny_bert_dir, tmp_path, data):
     """Started together, two mine.py runs encode each shard once between them and write one candidates file."""
     common = [*tiny_overrides(tiny_bert_dir, tmp_path, groups=("teacher",)), "data=local", f"data.path={data}",
               "candidates.depth=10", "candidates.shard_size=10"]
-    jobs = [subprocess.Popen([sys.executable, str(ROOT / "mine.py"), *common, f"hydra.run.dir={tmp_path / name}"],
+    gate = tmp_path / "gate"
+    jobs = [subprocess.Popen([sys.executable, "-c", GATED_MINE, str(gate), name, *common,
+                              f"hydra.run.dir={tmp_path / name}"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for name in ("a", "b")]
+    # Imports take seconds and vary under load: without a common start, one job may find the other's finished
+    # candidates and encode nothing, which tests nothing.
+    deadline = time.monotonic() + 300
+    while not all((tmp_path / f"ready-{name}").exists() for name in ("a", "b")):
+        assert time.monotonic() < deadline and all(job.poll() is None for job in jobs), "a job died before the gate"
+        time.sleep(0.05)
+    gate.touch()
     outputs = [job.communicate(timeout=600)[0] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     encoded = [int(n) for out in outputs for n in re.findall(r"this process encoded (\d+) of 30 passage shards", out)]

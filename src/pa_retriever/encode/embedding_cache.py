@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pa_retriever.encode.encoder import TextEncoder
 from pa_retriever.encode.search import non_finite_rows
-from pa_retriever.utils.io import atomic_path, release_claim, try_claim
+from pa_retriever.utils.io import atomic_path, claim_unfinished, release_claim
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ShardedEmbeddings:
 
         def ranges() -> Iterator[tuple[int, int]]:
             for shard in todo:
-                if not self.path(shard).is_file() and try_claim(self.claim_path(shard)):
+                if claim_unfinished(self.claim_path(shard), self.path(shard).is_file):
                     encoding.append(shard)
                     yield shard * self.shard_size, min(self.n_texts, (shard + 1) * self.shard_size)
 

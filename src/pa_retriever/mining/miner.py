@@ -24,7 +24,7 @@ from pa_retriever.mining.methods import sample_outside
 from pa_retriever.mining.teachers import Teacher
 from pa_retriever.utils.checks import check_number
 from pa_retriever.utils.distributed import barrier
-from pa_retriever.utils.io import atomic_path, release_claim, stable_hash, try_claim
+from pa_retriever.utils.io import atomic_path, claim_unfinished, release_claim, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class MinedParts:
             mined = 0
             for part in todo:
                 claim = self.folder / f"part-{part:05d}.claim"
-                if self.path(part).is_file() or not try_claim(claim):
+                if not claim_unfinished(claim, self.path(part).is_file):
                     continue
                 try:
                     start = part * self.query_chunk
@@ -207,8 +207,8 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: Candidate
         barrier()  # every part exists
     claim = folder / "mining.claim"
     while rank == 0 and read_manifest(folder) is None:
-        if not try_claim(claim):  # another job is writing this very file: wait for it
-            time.sleep(poll_seconds)
+        if not claim_unfinished(claim, lambda: read_manifest(folder) is not None):
+            time.sleep(poll_seconds)  # another job is writing this very file: wait for it
             continue
         try:
             parts.mine(data, teacher, settings, poll_seconds=poll_seconds)  # any part another job left unfinished

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,18 @@ def try_claim(path: Path) -> bool:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return True
     return False
+
+
+def claim_unfinished(claim: Path, finished: Callable[[], bool]) -> bool:
+    """Claim work that is not `finished()`: True if this process now holds it and must do it. Finished is asked
+    again once claimed, since another job may finish the work and release its claim between a first look and
+    the claim."""
+    if finished() or not try_claim(claim):
+        return False
+    if finished():
+        release_claim(claim)
+        return False
+    return True
 
 
 def release_claim(path: Path) -> None:
