@@ -2,11 +2,14 @@
 through training (train on the others, score the fold, no validation on it)."""
 
 import json
+import statistics
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 
 from pa_retriever.data.beir import LoadReport, RetrievalData, load_split
 from pa_retriever.data.folds import Fold
+from pa_retriever.tasks.cross_validate import fold_configs
 from pa_retriever.tasks.train import train
 from pa_retriever.utils.checks import SettingError
 from tests.helpers import ROOT, compose_cfg, tiny_overrides
@@ -45,3 +48,26 @@ def test_a_cross_validation_run_trains_on_the_other_folds_and_scores_its_own(tin
     trained = {q for q in whole.query_ids if q not in set(held_out.query_ids)}
     assert summary["split"] == "train+dev:fold1of3" and summary["metrics"] is not None
     assert summary["train_pairs"] == sum(len(whole.positives(q)) for q in trained)
+
+
+def test_every_fold_in_one_job_returns_the_mean_over_folds(tiny_bert_dir, tmp_path):
+    """data.fold=all: what a search optimises is the mean of the exported models' scores on their own folds."""
+    cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["cv=kfold", "data.folds=2", "data.fold=all",
+                                                                          "debug=fdr"], tmp_path / "run")
+    mean = train(cfg)
+    summaries = [json.loads((tmp_path / "run" / f"fold{i}" / "summary.json").read_text()) for i in range(2)]
+    assert [s["split"] for s in summaries] == ["train+dev:fold0of2", "train+dev:fold1of2"]
+    scores = [s["metrics"]["ndcg@10"] for s in summaries]
+    assert mean["ndcg@10"] == pytest.approx(statistics.fmean(scores))
+    report = json.loads((tmp_path / "run" / "cv_summary.json").read_text())
+    assert report["mean"] == mean and report["std"]["ndcg@10"] == pytest.approx(statistics.stdev(scores))
+
+
+def test_the_cross_validated_search_scores_each_trial_on_every_fold(tmp_path):
+    compose_cfg("train", ["hparams_search=scifact_optuna_cv", "hydra.mode=MULTIRUN"], tmp_path)
+    sweeper = HydraConfig.get().sweeper
+    cfg = compose_cfg("train", ["hparams_search=scifact_optuna_cv"], tmp_path)
+    assert cfg.data.fold == "all" and cfg.data.val_split is None and cfg.optimized_metric == "ndcg@10"
+    assert sweeper.study_name == "scifact_optuna_cv" and "mining.perc" in sweeper.params
+    with pytest.raises(SettingError, match="run the folds as jobs instead"):
+        fold_configs(compose_cfg("train", ["cv=kfold", "data.fold=all", "trainer=ddp"], tmp_path))

@@ -28,6 +28,7 @@ from pa_retriever.encode.st_folder import check_exportable
 from pa_retriever.encode.towers import Towers
 from pa_retriever.eval.retrieval import format_table, score_model, write_results
 from pa_retriever.mining.source import candidate_source
+from pa_retriever.tasks.cross_validate import cross_validate, runs_every_fold
 from pa_retriever.tasks.datasets import datasets
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_group, instantiate_loggers, log_config, task_wrapper
 from pa_retriever.training.datamodule import RetrievalDataModule, TrainingPart
@@ -43,7 +44,11 @@ log = logging.getLogger(__name__)
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says; on the main process, the exported model's metrics on data.split and the validation
-    metrics by their `val/` names ({} elsewhere)."""
+    metrics by their `val/` names ({} elsewhere). With cv=kfold data.fold=all, every fold and the mean over folds."""
+    return cross_validate(cfg, _train_job) if runs_every_fold(cfg) else _train_job(cfg)
+
+
+def _train_job(cfg: DictConfig) -> dict[str, float]:
     try:
         return _train(cfg)
     finally:

@@ -1,0 +1,59 @@
+"""Every fold of a k-fold cross-validation in one job (`cv=kfold data.fold=all`): each fold trains on the others
+and is scored on its own, in its own run dir (fold<i>/); the job returns the mean over folds under each metric's
+name, so that a hyperparameter search compares recipes by mean fold score, and writes the spread beside it in
+cv_summary.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from pa_retriever.utils.checks import SettingError
+from pa_retriever.utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ALL_FOLDS = "all"
+
+
+def runs_every_fold(cfg: DictConfig) -> bool:
+    return cfg.data.get("fold") == ALL_FOLDS
+
+
+def fold_configs(cfg: DictConfig) -> list[DictConfig]:
+    """One config per fold, each writing to <run dir>/fold<i>."""
+    strategy = cfg.trainer.get("strategy", "auto")
+    if not isinstance(strategy, str) or "ddp" in strategy or "fsdp" in strategy:
+        raise SettingError("data.fold=all trains the folds one after another in one process, which a multi-process "
+                           "strategy cannot: run the folds as jobs instead (-m cv=kfold data.fold=0,1,2,3,4)")
+    configs = []
+    for fold in range(cfg.data.folds):
+        fold_cfg = copy.deepcopy(cfg)  # interpolations kept: the splits and run-dir paths follow the fold
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = fold
+            fold_cfg.paths.output_dir = str(Path(cfg.paths.output_dir) / f"fold{fold}")
+        configs.append(fold_cfg)
+    return configs
+
+
+def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:
+    """Train and score every fold; the mean of each metric every fold reports ({} if a fold reports none)."""
+    scores = []
+    for fold, fold_cfg in enumerate(fold_configs(cfg)):
+        log.info("Fold %d of %d: run dir %s", fold, cfg.data.folds, fold_cfg.paths.output_dir)
+        scores.append(train(fold_cfg))
+    if not all(scores):
+        return {}
+    names = [name for name in scores[0] if all(name in s for s in scores)]
+    mean = {name: statistics.fmean(s[name] for s in scores) for name in names}
+    write_json_atomic(Path(cfg.paths.output_dir) / "cv_summary.json", {
+        "split": cfg.data.labelled, "folds": cfg.data.folds, "seed": cfg.seed, "mean": mean,
+        "std": {name: statistics.stdev(s[name] for s in scores) for name in names}, "by_fold": scores})
+    log.info("Mean over %d folds: %s", cfg.data.folds, ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+    return mean
