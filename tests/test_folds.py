@@ -71,3 +71,17 @@ def test_the_cross_validated_search_scores_each_trial_on_every_fold(tmp_path):
     assert sweeper.study_name == "scifact_optuna_cv" and "mining.perc" in sweeper.params
     with pytest.raises(SettingError, match="run the folds as jobs instead"):
         fold_configs(compose_cfg("train", ["cv=kfold", "data.fold=all", "trainer=ddp"], tmp_path))
+
+
+def test_the_runs_table_counts_a_cross_validated_run_by_its_mean_and_shows_the_fold_spread(tmp_path):
+    from bench.runs_table import runs, table
+    for seed, scores in ((1, [0.5, 0.7]), (2, [0.6, 0.6])):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        metrics = {"ndcg@10": statistics.fmean(scores), "recall@100": 0.9}
+        (run / "cv_summary.json").write_text(json.dumps({
+            "seed": seed, "mean": metrics, "std": {"ndcg@10": statistics.stdev(scores), "recall@100": 0.0}}))
+    found = runs(f"{tmp_path}/*")
+    assert [s["seed"] for s in found] == [1, 2]
+    row = table({"cv": found}).splitlines()[-1]
+    assert row.startswith("| cv | 0.6000 ± 0.0000 (2) | 0.9000 ± 0.0000 (2) | 0.0707 |")  # sd over folds: 0.1414, 0
