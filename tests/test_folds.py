@@ -1,6 +1,7 @@
 """k-fold cross-validation named in the split: folds partition the queries, keep a shared text together, and flow
 through training (train on the others, score the fold, no validation on it)."""
 
+import importlib.util
 import json
 import statistics
 
@@ -51,10 +52,14 @@ def test_a_cross_validation_run_trains_on_the_other_folds_and_scores_its_own(tin
 
 
 def test_every_fold_in_one_job_returns_the_mean_over_folds(tiny_bert_dir, tmp_path):
-    """data.fold=all: what a search optimises is the mean of the exported models' scores on their own folds."""
+    """data.fold=all: what a search optimises is the mean of the exported models' scores on their own folds; each
+    fold is a run of its own, in W&B too."""
+    logger = "logger=many" if importlib.util.find_spec("wandb") else "logger=csv"
     cfg = compose_cfg("train", tiny_overrides(tiny_bert_dir, tmp_path) + ["cv=kfold", "data.folds=2", "data.fold=all",
-                                                                          "debug=fdr"], tmp_path / "run")
+                                                                          "debug=limit", logger], tmp_path / "run")
     mean = train(cfg)
+    if logger == "logger=many":
+        assert [len(list((tmp_path / "run" / f"fold{i}" / "wandb").glob("offline-run-*"))) for i in range(2)] == [1, 1]
     summaries = [json.loads((tmp_path / "run" / f"fold{i}" / "summary.json").read_text()) for i in range(2)]
     assert [s["split"] for s in summaries] == ["train+dev:fold0of2", "train+dev:fold1of2"]
     scores = [s["metrics"]["ndcg@10"] for s in summaries]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from pa_retriever.tasks.runtime import end_wandb_run
 from pa_retriever.utils.checks import SettingError
 from pa_retriever.utils.io import write_json_atomic
 
@@ -38,6 +39,8 @@ def fold_configs(cfg: DictConfig) -> list[DictConfig]:
         with open_dict(fold_cfg):
             fold_cfg.data.fold = fold
             fold_cfg.paths.output_dir = str(Path(cfg.paths.output_dir) / f"fold{fold}")
+            if (fold_cfg.get("logger") or {}).get("wandb"):  # one W&B run per fold, named so
+                fold_cfg.logger.wandb.name = f"{cfg.logger.wandb.name}-fold{fold}"
         configs.append(fold_cfg)
     return configs
 
@@ -48,6 +51,7 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     for fold, fold_cfg in enumerate(fold_configs(cfg)):
         log.info("Fold %d of %d: run dir %s", fold, cfg.data.folds, fold_cfg.paths.output_dir)
         scores.append(train(fold_cfg))
+        end_wandb_run()
     if not all(scores):
         return {}
     names = [name for name in scores[0] if all(name in s for s in scores)]

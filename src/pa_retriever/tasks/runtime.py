@@ -58,7 +58,12 @@ def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             log.exception("%s failed; its run dir: %s", task.__name__, cfg.paths.get("output_dir"))
             raise
         finally:
-            if "wandb" in sys.modules:  # imported only when logger=wandb
-                sys.modules["wandb"].finish()  # else the jobs of a multirun all log into one W&B run
+            end_wandb_run()
 
     return wrapped
+
+
+def end_wandb_run() -> None:
+    """Close the W&B run, if any: else the next job of a multirun (or fold) logs into this one."""
+    if "wandb" in sys.modules:  # imported only when logger=wandb
+        sys.modules["wandb"].finish()
