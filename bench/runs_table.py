@@ -23,7 +23,7 @@ def runs(pattern: str) -> list[dict]:
     found = [json.load(open(path)) for path in sorted(glob.glob(f"{pattern}/summary.json"))]
     for path in sorted(glob.glob(f"{pattern}/cv_summary.json")):
         folds = json.load(open(path))
-        found.append({"seed": folds["seed"], "metrics": folds["mean"], "fold_sd": folds["std"]["ndcg@10"]})
+        found.append({"seed": folds["seed"], "metrics": folds["mean"], "fold_sd": folds["std"].get("ndcg@10")})
     return sorted((s for s in found if s.get("metrics")), key=lambda s: s["seed"])
 
 
@@ -43,7 +43,7 @@ def table(groups: dict[str, list[dict]]) -> str:
         first = first if first is not None else np.mean(ndcg)
         cells = [cell([s["metrics"][m] for s in found]) for m in METRICS]
         if folds:
-            spread = [s["fold_sd"] for s in found if "fold_sd" in s]
+            spread = [s["fold_sd"] for s in found if s.get("fold_sd") is not None]
             cells.append(f"{np.mean(spread):.4f}" if spread else "–")
         seeds = ",".join(str(s["seed"]) for s in found)
         lines.append(f"| {label} | {' | '.join(cells)} | {np.mean(ndcg) - first:+.4f} | {seeds} |")

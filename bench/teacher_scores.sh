@@ -67,7 +67,9 @@ print(int(r["cross_encoder"] > r["retriever"]))' "$ce/record.json")
 
   # 5. the table
   local groups=()
-  for teacher in minilm round2 cross_encoder; do
+  local tabled=(minilm round2)
+  [ "$ce_teaches" = 1 ] && tabled+=(cross_encoder)
+  for teacher in "${tabled[@]}"; do
     for loss in infonce infonce_kl kl; do groups+=("$teacher, $loss=$logs/$teacher/$loss/*"); done
   done
   groups+=("minilm, masked by the student=$logs/minilm/mask_student/*" "minilm, masked by MiniLM=$logs/minilm/mask_teacher/*")

@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="a BEIR folder with train and dev judgements")
     parser.add_argument("--model", default=MINILM)
     parser.add_argument("--out", type=Path, default=Path("logs/scifact/cross_encoder"))
-    parser.add_argument("--hard", type=int, default=2, help="negatives per positive from MiniLM's top passages")
+    parser.add_argument("--hard", type=int, default=2,
+                        help="negatives from MiniLM's top passages, per query as mine_hard_negatives draws them")
     parser.add_argument("--hard-range", type=int, default=30, help="...drawn from its top this many")
     parser.add_argument("--random", type=int, default=2, help="negatives per positive drawn from the whole corpus")
     parser.add_argument("--epochs", type=float, default=3)

@@ -48,7 +48,6 @@ def test_a_shard_written_meanwhile_by_another_job_is_not_encoded_again(tmp_path)
     np.testing.assert_array_equal(store.rows(np.arange(4))[:, 0], [0, 1, 2, 3])
 
 
-
 def test_work_finished_between_a_look_and_the_claim_is_not_done_again(tmp_path):
     """Another job may write the shard and release its claim after this job looked and before it claimed."""
     from pa_retriever.utils.io import claim_unfinished
@@ -57,6 +56,21 @@ def test_work_finished_between_a_look_and_the_claim_is_not_done_again(tmp_path):
     assert not (tmp_path / "shard.claim").exists()  # the claim is given back
     assert claim_unfinished(tmp_path / "shard.claim", lambda: False)
     assert not claim_unfinished(tmp_path / "shard.claim", lambda: False)  # held by this process now
+
+
+def test_a_claim_being_written_is_not_taken_for_a_dead_writers(tmp_path):
+    """A claim exists empty for a moment between its creation and its writing: another job must not take it over
+    then (both would do the work); one left empty for minutes lost its writer and is taken over."""
+    import os
+    import time
+
+    from pa_retriever.utils.io import UNWRITTEN_CLAIM_SECONDS, try_claim
+    claim = tmp_path / "shard.claim"
+    claim.touch()
+    assert not try_claim(claim) and claim.read_text() == ""
+    old = time.time() - UNWRITTEN_CLAIM_SECONDS - 1
+    os.utime(claim, (old, old))
+    assert try_claim(claim) and claim.read_text().split()[1] == str(os.getpid())
 
 def test_search_returns_no_row_for_a_nan_query_in_any_shard():
     from pa_retriever.encode.search import exact_search
@@ -96,3 +110,20 @@ def test_auto_precision_counts_only_native_bf16_on_the_hardware_that_runs(monkey
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # native
     assert training_precision("auto", "gpu") == "bf16-mixed"
     assert training_precision("auto", "cpu") == "32-true"
+
+
+def test_parts_are_not_mined_again_once_another_job_has_joined_them(tmp_path):
+    """A job that waited on the last part may wake after another job wrote the candidates file and removed the
+    parts: it must see the work done, not every part missing."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pa_retriever.data.candidates import CANDIDATES_FILE, MANIFEST_FILE
+    from pa_retriever.mining.miner import MinedParts
+    pq.write_table(pa.table({"query_id": pa.array([], pa.string())}), tmp_path / CANDIDATES_FILE)
+    (tmp_path / MANIFEST_FILE).write_text('{"rows": 0}')
+    parts = MinedParts(tmp_path, n_queries=10, query_chunk=5)
+    parts.mine(data=None, teacher=SimpleNamespace(name="t"), settings=None, poll_seconds=0)  # None: nothing to mine
+    assert not parts.folder.exists()

@@ -74,8 +74,14 @@ def test_the_cross_validated_search_scores_each_trial_on_every_fold(tmp_path):
     cfg = compose_cfg("train", ["hparams_search=scifact_optuna_cv"], tmp_path)
     assert cfg.data.fold == "all" and cfg.data.val_split is None and cfg.optimized_metric == "ndcg@10"
     assert sweeper.study_name == "scifact_optuna_cv" and "mining.perc" in sweeper.params
-    with pytest.raises(SettingError, match="run the folds as jobs instead"):
-        fold_configs(compose_cfg("train", ["cv=kfold", "data.fold=all", "trainer=ddp"], tmp_path))
+    for refused, message in ((["trainer=ddp"], "run the folds as jobs instead"),
+                             (["trainer.devices=2"], "run the folds as jobs instead"),
+                             (["ckpt_path=last.ckpt"], "resume one fold as its own job"),
+                             (["data.folds=1"], "k >= 2")):
+        with pytest.raises(SettingError, match=message):
+            fold_configs(compose_cfg("train", ["cv=kfold", "data.fold=all", *refused], tmp_path))
+    with pytest.raises(SettingError, match="add cv=kfold"):
+        fold_configs(compose_cfg("train", ["+data.fold=all"], tmp_path))
 
 
 def test_the_runs_table_counts_a_cross_validated_run_by_its_mean_and_shows_the_fold_spread(tmp_path):

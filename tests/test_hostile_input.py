@@ -180,10 +180,12 @@ def test_two_jobs_on_one_cache_split_the_encoding(tiny_bert_dir, tmp_path, data)
     # Imports take seconds and vary under load: without a common start, one job may find the other's finished
     # candidates and encode nothing, which tests nothing.
     deadline = time.monotonic() + 300
-    while not all((tmp_path / f"ready-{name}").exists() for name in ("a", "b")):
-        assert time.monotonic() < deadline and all(job.poll() is None for job in jobs), "a job died before the gate"
-        time.sleep(0.05)
-    gate.touch()
+    try:
+        while not all((tmp_path / f"ready-{name}").exists() for name in ("a", "b")):
+            assert time.monotonic() < deadline and all(job.poll() is None for job in jobs), "a job died before the gate"
+            time.sleep(0.05)
+    finally:
+        gate.touch()  # never leave a job waiting
     outputs = [job.communicate(timeout=600)[0] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     encoded = [int(n) for out in outputs for n in re.findall(r"this process encoded (\d+) of 30 passage shards", out)]

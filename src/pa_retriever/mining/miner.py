@@ -143,7 +143,8 @@ class MinedParts:
     cache split them by claim files."""
 
     def __init__(self, folder: Path, n_queries: int, query_chunk: int):
-        self.folder, self.n_queries, self.query_chunk = Path(folder) / "parts", n_queries, query_chunk
+        self.candidates = Path(folder)
+        self.folder, self.n_queries, self.query_chunk = self.candidates / "parts", n_queries, query_chunk
         self.n_parts = max(1, -(-n_queries // query_chunk))
 
     def path(self, part: int) -> Path:
@@ -155,11 +156,11 @@ class MinedParts:
         mine = [i for i in range(self.n_parts) if i % world == rank]
         bar = tqdm(total=len(mine), desc=f"mine with {teacher.name}", unit="part", disable=len(mine) < 2)
         bar.update(sum(self.path(i).is_file() for i in mine))
-        while todo := [i for i in mine if not self.path(i).is_file()]:
+        while not self.joined() and (todo := [i for i in mine if not self.path(i).is_file()]):
             mined = 0
             for part in todo:
                 claim = self.folder / f"part-{part:05d}.claim"
-                if not claim_unfinished(claim, self.path(part).is_file):
+                if not claim_unfinished(claim, lambda part=part: self.path(part).is_file() or self.joined()):
                     continue
                 try:
                     start = part * self.query_chunk
@@ -175,6 +176,10 @@ class MinedParts:
             if not mined:
                 time.sleep(poll_seconds)  # every missing part is another job's: wait for it
         bar.close()
+
+    def joined(self) -> bool:
+        """Whether a job has written the candidates file (and removed the parts): nothing is left to mine."""
+        return read_manifest(self.candidates) is not None
 
     def assemble(self, data: RetrievalData) -> CandidateArrays:
         rows, pos_idx = trainable_queries(data)

@@ -29,10 +29,18 @@ def runs_every_fold(cfg: DictConfig) -> bool:
 
 def fold_configs(cfg: DictConfig) -> list[DictConfig]:
     """One config per fold, each writing to <run dir>/fold<i>."""
+    if "folds" not in cfg.data:
+        raise SettingError("data.fold=all names every fold of a cross-validation: add cv=kfold")
+    if cfg.data.folds < 2:
+        raise SettingError(f"data.folds={cfg.data.folds}: k-fold needs k >= 2")
+    if cfg.get("ckpt_path"):  # one checkpoint resumed by every fold would train each on another's scored queries
+        raise SettingError("ckpt_path with data.fold=all: resume one fold as its own job (data.fold=<i>)")
     strategy = cfg.trainer.get("strategy", "auto")
-    if not isinstance(strategy, str) or "ddp" in strategy or "fsdp" in strategy:
-        raise SettingError("data.fold=all trains the folds one after another in one process, which a multi-process "
-                           "strategy cannot: run the folds as jobs instead (-m cv=kfold data.fold=0,1,2,3,4)")
+    processes = str(strategy) != "auto" or str(cfg.trainer.get("devices", 1)) != "1" \
+        or cfg.trainer.get("num_nodes", 1) != 1
+    if processes:
+        raise SettingError("data.fold=all trains the folds one after another in one process, on one device: run "
+                           "the folds as jobs instead (-m cv=kfold data.fold=0,1,2,3,4)")
     configs = []
     for fold in range(cfg.data.folds):
         fold_cfg = copy.deepcopy(cfg)  # interpolations kept: the splits and run-dir paths follow the fold
@@ -53,6 +61,7 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
         scores.append(train(fold_cfg))
         end_wandb_run()
     if not all(scores):
+        log.warning("A fold reported no metrics (test_after_training=false?): no mean over folds")
         return {}
     names = [name for name in scores[0] if all(name in s for s in scores)]
     mean = {name: statistics.fmean(s[name] for s in scores) for name in names}

@@ -47,6 +47,7 @@ def texts_fingerprint(texts: list[str]) -> str:
 
 
 STALE_CLAIM_SECONDS = 6 * 3600  # a claim from another machine older than this is taken to be abandoned
+UNWRITTEN_CLAIM_SECONDS = 60  # an empty claim older than this lost its writer between creating and writing it
 
 
 def try_claim(path: Path) -> bool:
@@ -93,10 +94,13 @@ def release_claim(path: Path) -> None:
 
 def _abandoned(path: Path) -> bool:
     try:
-        host, pid = path.read_text().split()
         age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
-        return True  # unreadable: its writer died between creating and writing it
+    except OSError:
+        return True  # gone meanwhile: free to claim
+    try:
+        host, pid = path.read_text().split()
+    except (OSError, ValueError):  # empty: its writer is between creating and writing it, or died there
+        return age > UNWRITTEN_CLAIM_SECONDS
     if host != socket.gethostname():
         return age > STALE_CLAIM_SECONDS
     try:
