@@ -43,9 +43,10 @@ def main() -> None:
         full = np.array([len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]])
         for cap in map(int, args.lengths.split(",")):
             lengths = np.minimum(full, cap)
-            rows.append({"kind": kind, "max_length": cap, "texts": len(texts), "cut": round(float((full > cap).mean()), 3),
-                         "mean_tokens": round(float(lengths.mean()), 1),
-                         "padding_random": round(padding_share(lengths, args.batch_size, rng.permutation(len(lengths))), 3),
+            dealt = padding_share(lengths, args.batch_size, rng.permutation(len(lengths)))
+            rows.append({"kind": kind, "max_length": cap, "texts": len(texts),
+                         "cut": round(float((full > cap).mean()), 3), "mean_tokens": round(float(lengths.mean()), 1),
+                         "padding_random": round(dealt, 3),
                          "padding_sorted": round(padding_share(lengths, args.batch_size, np.argsort(lengths)), 3)})
     print("| kind | max length | cut there | mean tokens | padding, random batches | padding, sorted |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -114,7 +114,8 @@ def main() -> None:
     data = DataSource(args.data.resolve())
     model, seconds = train(args, data)
     dev = rerank_dev(model, resolve_model_path(args.model), data)
-    record = {"command": " ".join(["python -m bench.train_cross_encoder", *sys.argv[1:]]), "device": device_name(), "date": time.strftime("%Y-%m-%d"), "train_seconds": round(seconds, 1),
+    record = {"command": " ".join(["python -m bench.train_cross_encoder", *sys.argv[1:]]), "device": device_name(),
+              "date": time.strftime("%Y-%m-%d"), "train_seconds": round(seconds, 1),
               "model": str(args.out / "model"), "dev_ndcg@10": {k: round(v["ndcg@10"], 4) for k, v in dev.items()},
               "dev": dev}
     (args.out / "record.json").write_text(json.dumps(record, indent=2) + "\n")

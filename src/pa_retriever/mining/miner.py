@@ -211,8 +211,8 @@ def ensure_candidates(data: RetrievalData, teacher: Teacher, settings: Candidate
     if world > 1:
         barrier()  # every part exists
     claim = folder / "mining.claim"
-    while rank == 0 and read_manifest(folder) is None:
-        if not claim_unfinished(claim, lambda: read_manifest(folder) is not None):
+    while rank == 0 and not parts.joined():
+        if not claim_unfinished(claim, parts.joined):
             time.sleep(poll_seconds)  # another job is writing this very file: wait for it
             continue
         try:
