@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file: bench/ is not a package on the path
+from bench.synthetic import build_synthetic
 
-from bench.synthetic import build_synthetic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

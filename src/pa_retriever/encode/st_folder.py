@@ -126,8 +126,6 @@ def _write(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-PASSAGE_TOWER = "passage_encoder"
-
 
 def check_exportable(spec: EncoderSpec) -> None:
     """Refuse a student whose pooling lives in its own code before training it, not after."""

@@ -27,15 +27,15 @@ from pa_retriever.utils.plots import pyplot, save_figure
 Known = dict[int, set[int]]  # candidate row -> corpus rows of the query's known false negatives
 
 
-def hold_out_positives(teachers: list[CandidateArrays], seed: int = 0) -> tuple[list[CandidateArrays], Known]:
+def hold_out_positives(candidates: list[CandidateArrays], seed: int = 0) -> tuple[list[CandidateArrays], Known]:
     """Each teacher's candidates as if one positive of every multi-positive query were unlabelled (the same
     passage for every teacher), and which passage that is per row. The top-K stays K long."""
     rng = np.random.default_rng(seed)
-    first = teachers[0]
+    first = candidates[0]
     held_column = {int(r): int(rng.choice(np.flatnonzero(first.pos_idx[r] >= 0)))
                    for r in np.flatnonzero((first.pos_idx >= 0).sum(1) > 1)}
     held_out = []
-    for c in teachers:
+    for c in candidates:
         pos_idx, pos_scores = c.pos_idx.copy(), c.pos_scores.copy()
         neg_idx, neg_scores = c.neg_idx.copy(), c.neg_scores.copy()
         for r, j in held_column.items():
@@ -67,12 +67,12 @@ class FalseNegativePicks:
         return f"{self.picked}/{self.queries} ({100 * self.picked / max(1, self.queries):.0f}%)"
 
 
-def false_negative_picks(teachers: list[CandidateArrays], known: Known, method: MiningMethod,
+def false_negative_picks(candidates: list[CandidateArrays], known: Known, method: MiningMethod,
                          seed: int = 0) -> FalseNegativePicks:
     """How many of the queries in `known` get one of their known false negatives as a training negative."""
     rows = np.array(sorted(known), dtype=np.int64)
-    chosen = select_negatives(teachers, rows, method, np.random.default_rng(seed)).idx
-    stored = np.concatenate([a[rows] for t in teachers for a in (t.neg_idx, t.tail_idx)], axis=1)
+    chosen = select_negatives(candidates, rows, method, np.random.default_rng(seed)).idx
+    stored = np.concatenate([a[rows] for t in candidates for a in (t.neg_idx, t.tail_idx)], axis=1)
 
     def hits(idx: np.ndarray) -> int:
         return sum(bool(known[r] & set(row.tolist())) for r, row in zip(rows.tolist(), idx))
@@ -80,13 +80,13 @@ def false_negative_picks(teachers: list[CandidateArrays], known: Known, method: 
     return FalseNegativePicks(method.name, len(rows), hits(stored), hits(chosen))
 
 
-def false_negative_report(teachers: list[CandidateArrays], methods: list[MiningMethod],
+def false_negative_report(candidates: list[CandidateArrays], methods: list[MiningMethod],
                           listed: dict[str, set[str]], passage_index: dict[str, int],
                           seed: int = 0) -> dict[str, list[FalseNegativePicks]]:
     """{source: each method's picks} for the sources of known false negatives the data has."""
-    held_out, held = hold_out_positives(teachers, seed)
+    held_out, held = hold_out_positives(candidates, seed)
     sources = {"held-out positives": (held_out, held),
-               "listed false negatives": (teachers, listed_false_negatives(teachers[0], listed, passage_index))}
+               "listed false negatives": (candidates, listed_false_negatives(candidates[0], listed, passage_index))}
     return {name: [false_negative_picks(arrays, known, m, seed) for m in methods]
             for name, (arrays, known) in sources.items() if known and methods}
 

@@ -6,13 +6,12 @@ cv_summary.json.
 
 from __future__ import annotations
 
-import copy
 import logging
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from pa_retriever.tasks.runtime import end_wandb_run
 from pa_retriever.utils.checks import SettingError
@@ -43,13 +42,12 @@ def fold_configs(cfg: DictConfig) -> list[DictConfig]:
                            "the folds as jobs instead (-m cv=kfold data.fold=0,1,2,3,4)")
     configs = []
     for fold in range(cfg.data.folds):
-        fold_cfg = copy.deepcopy(cfg)  # interpolations kept: the splits and run-dir paths follow the fold
-        with open_dict(fold_cfg):
-            fold_cfg.data.fold = fold
-            fold_cfg.paths.output_dir = str(Path(cfg.paths.output_dir) / f"fold{fold}")
-            if (fold_cfg.get("logger") or {}).get("wandb"):  # one W&B run per fold, named so
-                fold_cfg.logger.wandb.name = f"{cfg.logger.wandb.name}-fold{fold}"
-        configs.append(fold_cfg)
+        # overrides merged into a new config, as a command line's are: interpolations kept, so the splits and
+        # run-dir paths follow the fold
+        overrides = {"data": {"fold": fold}, "paths": {"output_dir": str(Path(cfg.paths.output_dir) / f"fold{fold}")}}
+        if (cfg.get("logger") or {}).get("wandb"):  # one W&B run per fold, named so
+            overrides["logger"] = {"wandb": {"name": f"{cfg.logger.wandb.name}-fold{fold}"}}
+        configs.append(OmegaConf.merge(cfg, overrides))
     return configs
 
 

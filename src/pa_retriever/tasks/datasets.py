@@ -43,7 +43,9 @@ class Dataset:
 
 def datasets(cfg: DictConfig, split_key: str) -> list[Dataset]:
     """The job's datasets, each read at its own split or the top-level `data.<split_key>` (train_split, split)."""
-    entries = cfg.data.get("datasets") or [{"path": cfg.data.path, "url": cfg.data.get("url")}]
+    # a missing path is read as None, so that DataSource says how to give one
+    entries = cfg.data.get("datasets") or [{"path": OmegaConf.select(cfg, "data.path", throw_on_missing=False),
+                                            "url": cfg.data.get("url")}]
     found, names = [], set()
     for i, entry in enumerate(entries):
         entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
