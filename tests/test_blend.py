@@ -36,7 +36,7 @@ def test_every_batch_is_one_dataset_and_the_shares_follow_the_weights():
         sampler.set_epoch(epoch)
         for batch in sampler:
             parts = {part for part, _, _ in batch}
-            assert len(parts) == 1 and len(batch) == 8 or len(batch) < 8
+            assert len(parts) == 1 and len(batch) <= 8
             shares[parts.pop()] += 1
     total = sum(shares.values())
     assert [round(shares[i] / total, 2) for i in range(3)] == [0.25, 0.5, 0.25]
@@ -172,6 +172,17 @@ def test_a_saved_dataset_loads_and_fails_by_row(tmp_path):
         DataSource(tmp_path / "bad").load("train")
 
 
+def test_given_negatives_are_exported_without_a_score(tmp_path):
+    """The data's own negatives are stored at 0 to keep their order: exported, they carry no teacher score."""
+    from pa_retriever.data.source import DataSource
+    from pa_retriever.mining.export import chosen_negatives
+    from pa_retriever.mining.methods import MiningMethod
+    from pa_retriever.mining.source import GivenNegatives
+    data = DataSource(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)).load("train")
+    rows = chosen_negatives(data, GivenNegatives().load(data), MiningMethod(name="naive_topk", num_negatives=2), 0)
+    assert rows[0]["neg"] == PAIRS[0]["negatives"] and rows[0]["neg_scores"] == [None, None]
+
+
 def test_pair_data_trains_with_its_own_negatives_or_mined_ones(tiny_bert_dir, tmp_path):
     """Without a corpus the positives and given negatives are the corpus; teacher=given trains with the file's
     negatives (STS, classification data), any teacher mines among them."""
@@ -193,7 +204,7 @@ def test_exported_negatives_are_those_the_sampler_trains_with_at_epoch_0(tiny_be
     from pa_retriever.tasks.train import build
     common = tiny_overrides(tiny_bert_dir, tmp_path) + ["mining=sampled_topk", "seed=3"]
     mine(compose_cfg("mine", common[:5] + [o for o in common[5:] if o.startswith("teacher")] + [
-        "mining=sampled_topk", "seed=3", "export=[jsonl,ntuple]"], tmp_path / "mined"))
+        "mining=sampled_topk", "seed=3", "export=[jsonl,ntuple,triplet]"], tmp_path / "mined"))
     exported = [json.loads(line) for line in (tmp_path / "mined" / "negatives.jsonl").read_text().splitlines()]
     datamodule = build(compose_cfg("train", common, tmp_path / "run")).datamodule
     datamodule.prepare_data()
@@ -207,8 +218,15 @@ def test_exported_negatives_are_those_the_sampler_trains_with_at_epoch_0(tiny_be
     from datasets import load_from_disk
     ntuple = load_from_disk(str(tmp_path / "mined" / "negatives_ntuple"))
     assert ntuple.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
-    # every (query, positive) pair whose query has a negative (the tiny random teacher leaves some with none)
-    assert len(ntuple) == sum(len(row["pos"]) for row in exported if row["neg"]) > 0
+    # every (query, positive) pair whose query has a negative (the tiny random teacher leaves some with none), its
+    # negatives those of the JSONL row (a short row repeats its own)
+    expected = [(row["query"], pos, [row["neg"][i % len(row["neg"])] for i in range(4)])
+                for row in exported if row["neg"] for pos in row["pos"]]
+    assert [(r["anchor"], r["positive"], [r[f"negative_{i}"] for i in range(1, 5)]) for r in ntuple] == expected
+    assert expected
+    triplet = load_from_disk(str(tmp_path / "mined" / "negatives_triplet"))
+    assert [(r["anchor"], r["positive"], r["negative"]) for r in triplet] == [
+        (row["query"], pos, neg) for row in exported for pos in row["pos"] for neg in row["neg"]]
 
 
 def test_evaluate_scores_many_test_sets_with_their_average(tiny_bert_dir, tmp_path):
@@ -220,3 +238,13 @@ def test_evaluate_scores_many_test_sets_with_their_average(tiny_bert_dir, tmp_pa
     assert set(metrics) == {"demo", "demo2", "average"} and "average" in stdout
     assert metrics["average"]["ndcg@10"] == pytest.approx((metrics["demo"]["ndcg@10"] + metrics["demo2"]["ndcg@10"]) / 2)
     assert (out / "demo2" / "per_query.tsv").is_file() and (out / "ndcg_by_dataset.png").is_file()
+
+
+def test_evaluate_refuses_a_set_it_cannot_score_before_encoding_any(tiny_bert_dir, tmp_path):
+    out = tmp_path / "eval"
+    output = run_script("evaluate.py", ["model=e5", f"model.name_or_path={tiny_bert_dir}",
+                                        f"data.datasets=[{{path: {ROOT / 'data/demo'}}},"
+                                        f"{{path: {ROOT / 'data/demo2'}, split: nosuch}}]",
+                                        "data.split=test", f"hydra.run.dir={out}"], fails=True)
+    assert "demo2: split 'nosuch' cannot be scored" in output and "qrels/nosuch.tsv" in output
+    assert not (out / "demo").exists()  # the first set was not encoded and scored first

@@ -82,7 +82,7 @@ def test_sampler_resumed_mid_epoch_continues_that_epoch_then_runs_whole_ones():
     assert list(resumed) == list(straight)
 
 
-def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
+def test_mid_epoch_checkpoint_refuses_another_batch_size_world_size_or_blend():
     from types import SimpleNamespace
 
     from pa_retriever.encode.spec import EncoderSpec
@@ -93,10 +93,16 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size_or_world_size():
     part = TrainingPart("unused", None, NoTeacher(), MiningMethod("none", num_negatives=0), EncoderSpec("unused"))
     module = RetrievalDataModule([part], batch_size=16)
     module.trainer = SimpleNamespace(global_rank=0, world_size=1, accumulate_grad_batches=1)
-    module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1})
+    module.train_set = SimpleNamespace(parts=[range(40)])
+    module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1})  # an older checkpoint
     assert module.start == (2, 5)
+    assert module._layout() == {"batch_size": 16, "world_size": 1, "dataset_sizes": [40], "blend": "proportional",
+                                "weights": None}
     with pytest.raises(ValueError, match="stopped mid-epoch with .*'batch_size': 32"):
         module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 32, "world_size": 1})
+    with pytest.raises(ValueError, match="stopped mid-epoch with .*'dataset_sizes': \\[40, 20\\]"):
+        module.load_state_dict({"epoch": 2, "batches_done": 5, "batch_size": 16, "world_size": 1,
+                                "dataset_sizes": [40, 20]})
     module.load_state_dict({"epoch": 3, "batches_done": 0, "batch_size": 32, "world_size": 4})  # epoch boundary
     assert module.start == (3, 0)
 

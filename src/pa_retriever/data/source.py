@@ -47,10 +47,17 @@ class DataSource:
         """One split (splits join with '+': `train+dev`); pair data holds its training split alone."""
         if self.pairs:
             if split != "train":
-                raise FileNotFoundError(f"{self.path} holds training pairs alone, no split '{split}' (a dev or test "
-                                        "split needs a BEIR folder; data.val_split=null trains without one)")
+                self.check_scorable(split)
             return load_pairs(self.path)
         return load_split(self.root(), split, strict=self.strict, use_title=self.use_title)
+
+    def check_scorable(self, split: str) -> None:
+        """Raise, naming what is missing, unless `split` has judgements to score."""
+        if self.pairs:
+            raise FileNotFoundError(f"{self.path} holds training pairs alone, no split '{split}' (a dev or test "
+                                    "split needs a BEIR folder; data.val_split=null trains without one)")
+        if missing := self.missing_judgements(split):
+            raise FileNotFoundError(f"{self.name}: split '{split}' cannot be scored: no {', '.join(map(str, missing))}")
 
     def missing_judgements(self, split: str) -> list[Path]:
         """The judgement files of `split` that are missing (empty when the split can be scored)."""

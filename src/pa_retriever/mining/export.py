@@ -19,6 +19,7 @@ import numpy as np
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.data.candidates import CandidateArrays
 from pa_retriever.mining.methods import MiningMethod, negatives_for
+from pa_retriever.mining.source import GivenNegatives
 from pa_retriever.utils.io import atomic_path
 
 EXPORT_FORMATS = ("jsonl", "ntuple", "triplet")
@@ -29,6 +30,7 @@ def chosen_negatives(data: RetrievalData, candidates: dict[str, CandidateArrays]
     """Every mined query with its positives and the negatives it trains with at epoch 0, texts and scores."""
     members = list(candidates.values())
     first, text = members[0], dict(zip(data.query_ids, data.queries))
+    scored = GivenNegatives.name not in candidates  # the data's own negatives carry no score (0 orders them)
     rows = []
     for row, qid in enumerate(first.query_ids):
         positives = first.pos_idx[row][first.pos_idx[row] >= 0]
@@ -37,7 +39,7 @@ def chosen_negatives(data: RetrievalData, candidates: dict[str, CandidateArrays]
                      "pos": [data.passages[p] for p in positives],
                      "neg": [data.passages[n] for n in negatives[negatives >= 0]],
                      "pos_scores": [_score(first.pos_scores[row], first.pos_idx[row], p) for p in positives],
-                     "neg_scores": [float(s) if np.isfinite(s) else None for s in scores[negatives >= 0]]})
+                     "neg_scores": [float(s) if scored and np.isfinite(s) else None for s in scores[negatives >= 0]]})
     return rows
 
 

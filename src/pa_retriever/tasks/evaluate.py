@@ -16,6 +16,7 @@ from pa_retriever.eval.metrics import MEASURES
 from pa_retriever.eval.retrieval import format_table, score_model, write_results
 from pa_retriever.tasks.datasets import datasets
 from pa_retriever.tasks.runtime import finish_loggers, instantiate_loggers, log_config, task_wrapper
+from pa_retriever.utils.checks import check_number
 from pa_retriever.utils.io import write_json_atomic
 from pa_retriever.utils.plots import pyplot, save_figure
 
@@ -26,14 +27,18 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """nDCG@10, Recall@100, MRR@10 and MAP@100 of the model, written to the run dir: for several datasets, each in
     its own folder and their average in metrics.json; the average is returned."""
+    check_number("k", cfg.k, 1, integer=True, why="the ranking depth scored")
+    check_number("run_depth", cfg.run_depth, 0, integer=True, why="passages per query written to run.trec")
     loggers = instantiate_loggers(cfg.get("logger"))
     log_config(loggers, cfg)
     settings = EncodeSettings.from_config(cfg.encode)
     spec = EncoderSpec.from_config(cfg.model)
     _warn_if_longer_than_trained(spec)
+    jobs = datasets(cfg, "split")
+    for dataset in jobs:  # before the model loads or any set is encoded: a typo in the last set fails at once
+        dataset.source.check_scorable(dataset.split)
     towers = Towers.load(spec, settings)
     out_dir = Path(cfg.paths.output_dir)
-    jobs = datasets(cfg, "split")
     scores = {}
     for dataset in jobs:
         split = dataset.source.load(dataset.split)

@@ -120,15 +120,17 @@ class RetrievalDataModule(L.LightningDataModule):
     # counters come later, and its workers may draw before it sets the epoch), and then runs only the batches
     # the epoch had left. A plain sampler would start that epoch over, training its first batches twice and
     # its last ones never.
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict:
         epoch, batches_done = resume_position(self.trainer)
         return {"epoch": epoch, "batches_done": batches_done, **self._layout()}
 
-    def _layout(self) -> dict[str, int]:
-        """What a mid-epoch batch count is counted in."""
-        return {"batch_size": self.batch_size, "world_size": self._rank_world()[1]}
+    def _layout(self) -> dict:
+        """What a mid-epoch batch count is counted in: the batches and the plan of datasets they are drawn by."""
+        return {"batch_size": self.batch_size, "world_size": self._rank_world()[1],
+                "dataset_sizes": [len(d) for d in self.train_set.parts], "blend": self.blend,
+                "weights": None if self.parts[0].weight is None else [float(part.weight) for part in self.parts]}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict) -> None:
         layout = self._layout()
         saved = {k: state.get(k, v) for k, v in layout.items()}
         if state["batches_done"] and saved != layout:
