@@ -60,6 +60,45 @@ def test_a_bad_setting_is_refused_before_any_model_or_mining(tiny_bert_dir, tmp_
     assert_cache_clean(tmp_path / "cache")
 
 
+# What the other features add, refused in process (each through a subprocess would cost the suite minutes):
+# (entry point, overrides, message)
+FEATURE_SETTINGS = [
+    ("train", ["module.loss.kl=-1"], "module.loss.kl=-1 is out of range"),
+    ("train", ["module.loss.margin_mse=nan"], "module.loss.margin_mse=nan is out of range"),
+    ("train", ["module.loss.teacher_temperature=0"], "module.loss.teacher_temperature=0 is out of range"),
+    ("train", ["module.lora={r: 0}"], "module.lora.r=0 is out of range"),
+    ("train", ["module.lora={rank: 4}"], "module.lora: unknown setting(s) ['rank']"),
+    ("train", ["model.pooling=max"], "model.pooling='max' is not one of"),
+    ("train", ["data.datasets=[{path: ${paths.data_dir}/demo, weight: -1}]"], "data.datasets[demo].weight=-1 is out"),
+    ("train", ["data.datasets=[{path: ${paths.data_dir}/demo, weight: nan}]"], "data.datasets[demo].weight=nan is "),
+    ("train", ["module.in_batch_filter={filter: percpos, perc: 2}"], "module.in_batch_filter.perc=2 is out of range"),
+    ("train", ["candidates.query_chunk=0"], "candidates.query_chunk=0 is out of range"),
+    ("train", ["cv=kfold", "data.fold=7"], "fold 7 of 5; k-fold needs k >= 2 (data.folds) and a fold from 0 to k - 1"),
+    ("train", ["module.scheduler.warmup_ratio=-1"], "module.scheduler.warmup_ratio=-1 is out of range"),
+    ("train", ["+module.scheduler.warmup_steps=-2"], "module.scheduler.warmup_steps=-2 is out of range"),
+    ("train", ["teacher=cross_encoder", "teacher.name_or_path={model}"], "is a BertModel, not a sequence classifier"),
+    ("mine", ["mining.num_negatives=200", "export=[jsonl]"], "mining.num_negatives=200 is out of range"),
+    ("evaluate", ["k=0"], "k=0 is out of range"),
+    ("evaluate", ["run_depth=-3"], "run_depth=-3 is out of range"),
+]
+
+
+@pytest.mark.parametrize("task, settings, message", FEATURE_SETTINGS)
+def test_a_feature_setting_is_refused_before_any_model_or_mining(tiny_bert_dir, tmp_path, task, settings, message):
+    from helpers import compose_cfg
+
+    from pa_retriever.tasks import evaluate, mine, train
+    from pa_retriever.utils.checks import SettingError
+    groups = {"train": ("model",) if "teacher=cross_encoder" in settings else ("model", "teacher"),
+              "mine": ("teacher",), "evaluate": ("model",)}[task]
+    overrides = tiny_overrides(tiny_bert_dir, tmp_path, groups) + [s.replace("{model}", str(tiny_bert_dir)) for s in settings]
+    run = {"train": train.train, "mine": mine.mine, "evaluate": evaluate.evaluate}[task]
+    with pytest.raises(SettingError) as refused:
+        run(compose_cfg(task, overrides, tmp_path / "run"))
+    assert message in str(refused.value)
+    assert not (tmp_path / "cache").exists()  # nothing encoded or mined
+
+
 def write(path: Path, text: str | bytes) -> None:
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
 
@@ -75,6 +114,11 @@ def write(path: Path, text: str | bytes) -> None:
     (lambda d: write(d / "corpus.jsonl", (d / "corpus.jsonl").read_bytes()[:-150]), "corpus.jsonl:300: malformed JSON"),
     (lambda d: write(d / "queries.jsonl", (d / "queries.jsonl").read_text().replace('"q-volcano-1"', '"  "', 1)),
      "queries.jsonl:1: empty _id"),
+    (lambda d: write(d / "corpus.jsonl", (d / "corpus.jsonl").read_text().replace('"volcano-01"', '" "', 1)),
+     "corpus.jsonl:1: empty _id"),
+    (lambda d: write(d / "queries.jsonl", (d / "queries.jsonl").read_bytes()[:-40]), "queries.jsonl:120: malformed JSON"),
+    (lambda d: write(d / "qrels" / "train.tsv", (d / "qrels" / "train.tsv").read_bytes().rstrip(b"\n")[:-6]),
+     "qrels/train.tsv:62: expected 3 tab-separated columns"),
 ])
 def test_bad_input_fails_with_its_file_and_line(tiny_bert_dir, tmp_path, data, spoil, message):
     spoil(data)
@@ -95,6 +139,11 @@ def test_a_missing_model_folder_is_named_not_looked_up_on_the_hub(tmp_path, data
     out = run_script("evaluate.py", ["data=local", f"data.path={data}", "model.name_or_path=/no/such/model",
                                      f"hydra.run.dir={tmp_path / 'run'}"], fails=True)
     assert "model path not found: /no/such/model" in out and "Repo id" not in out
+
+
+def test_a_missing_data_path_says_how_to_give_one(tmp_path):
+    out = run_script("train.py", ["data=local", f"hydra.run.dir={tmp_path / 'run'}"], fails=True)
+    assert "data.path is not set: give the dataset's folder" in out and "MissingMandatoryValue" not in out
 
 
 class _Payload:
@@ -148,6 +197,7 @@ def test_damaged_cache_files_are_refused_or_mined_again(tiny_bert_dir, tmp_path,
     write(table, good[: len(good) // 2])
     run_script("mine.py", mine)  # read as incomplete: mined again, whole
     assert pq.read_table(table).num_rows == len(rows["query_id"])
+    assert_cache_clean(tmp_path / "cache", mined=True)
     shard = next((tmp_path / "cache").glob("embeddings/*/passage-*/shard-00001.npy"))
     write(shard, shard.read_bytes()[:-100])
     for manifest in (tmp_path / "cache").glob("candidates/*/*/manifest.json"):

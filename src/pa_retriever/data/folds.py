@@ -36,7 +36,8 @@ class Fold:
                                f"{base}:fold0of5")
         fold = Fold(int(found["fold"]), int(found["folds"]), bool(found["without"]))
         if fold.folds < 2 or not 0 <= fold.fold < fold.folds:
-            raise SettingError(f"split '{split}': k-fold needs k >= 2 and a fold from 0 to k - 1")
+            raise SettingError(f"split '{split}': fold {fold.fold} of {fold.folds}; k-fold needs k >= 2 (data.folds) "
+                               "and a fold from 0 to k - 1 (data.fold)")
         return base, fold
 
     def select(self, data):

@@ -105,6 +105,9 @@ def load_model(spec: EncoderSpec, path: str, dtype: torch.dtype, **overrides: An
     """The transformer behind a spec from `path`, attending both ways when the spec says so; `overrides` are
     config fields or loading options (attn_implementation, dropout probabilities)."""
     model_class = AutoModel
+    if spec.trust_remote_code and spec.revision is None and not Path(path).is_dir():
+        log.warning("%s runs its own code from the hub, as served today: model.revision=<commit> pins the code you "
+                    "have read", spec.name_or_path)
     if spec.bidirectional:
         config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
         if config.model_type not in BIDIRECTIONAL_MODELS:

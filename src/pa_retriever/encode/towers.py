@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,9 @@ class LoraSettings:
         if not cfg:
             return None
         values = dict(cfg)
+        if unknown := set(values) - {f.name for f in fields(cls)}:
+            raise SettingError(f"module.lora: unknown setting(s) {sorted(unknown)}; known: r, alpha, dropout, "
+                               "target_modules")
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
         return cls(**values)

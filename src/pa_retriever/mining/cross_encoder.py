@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from pa_retriever.data.beir import RetrievalData
 from pa_retriever.encode.encoder import EncodeSettings, resolve_dtype
@@ -54,6 +54,22 @@ def folder_activation(path: str) -> str:
     return ACTIVATIONS[named]
 
 
+def check_classifier(setting: str, path: str) -> None:
+    """Refuse, from its config alone and before any model loads or anything is mined, a folder that is not a
+    one-label sequence classifier."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SettingError(f"{setting}: {path} has no model config a cross-encoder can load ({e})") from None
+    classifiers = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+    if not classifiers:
+        raise SettingError(f"{setting}: {path} is a {', '.join(config.architectures or ['model'])}, not a sequence "
+                           "classifier (a cross-encoder folder, e.g. a sentence-transformers CrossEncoder's)")
+    if config.num_labels != 1:
+        raise SettingError(f"{setting}: {path} has {config.num_labels} labels; a cross-encoder teacher gives one "
+                           "relevance score per pair (num_labels=1)")
+
+
 class CrossEncoderTeacher:
     """Scores (query, passage) pairs with a one-label sequence classifier, in batches sorted by length."""
 
@@ -65,6 +81,8 @@ class CrossEncoderTeacher:
         self.name, self.name_or_path, self.first_stage, self.settings = name, name_or_path, first_stage, settings
         self.max_length, self.batch_size = max_length, batch_size
         self.path = resolve_model_path(name_or_path)
+        if Path(self.path).is_dir():  # a hub id is read when it loads
+            check_classifier(f"teacher {name}", self.path)
         self.activation = folder_activation(self.path) if activation == "auto" else activation
         self.model = None
 
@@ -89,9 +107,6 @@ class CrossEncoderTeacher:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         # fp32 weights under autocast, as the bi-encoders: norms and softmax stay in fp32
         self.model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self.device).eval()
-        if self.model.config.num_labels != 1:
-            raise SettingError(f"teacher {self.name}: {self.path} has {self.model.config.num_labels} labels; a "
-                               "cross-encoder teacher gives one relevance score per pair (num_labels=1)")
         log.info("Cross-encoder %s on %s, computing in %s", self.path, self.device, self.dtype)
 
     def top(self, k: int, query_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

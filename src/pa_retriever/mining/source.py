@@ -156,7 +156,7 @@ class GivenNegatives:
         for i, found in enumerate(lists):
             neg_idx[i, :len(found)] = found
         no_idx, no_scores = np.full((len(rows), 0), -1, np.int64), np.full((len(rows), 0), -np.inf, np.float32)
-        return {"given": CandidateArrays([data.query_ids[i] for i in rows], pos_idx,
+        return {self.name: CandidateArrays([data.query_ids[i] for i in rows], pos_idx,
                                          np.full(pos_idx.shape, np.nan, np.float32), neg_idx,
                                          np.where(neg_idx >= 0, 0.0, -np.inf).astype(np.float32), no_idx, no_scores,
                                          len(data.passages))}

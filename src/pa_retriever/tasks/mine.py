@@ -41,6 +41,8 @@ def mine(cfg: DictConfig) -> dict:
         split = dataset.source.load(dataset.split)
         source = candidate_source(None, dataset.teacher_cfg, cfg.candidates, settings, Path(cfg.paths.cache_dir),
                                   dataset.name)
+        if cfg.export:  # the method's negatives are exported: refused as train.py refuses them, before mining
+            source.check(dataset.method)
         source.mine(split, rank, world)
         mined.append((dataset, split, source))
     if rank != 0:

@@ -51,6 +51,10 @@ class BiEncoderModule(L.LightningModule):
         check_number("module.weight_decay", weight_decay, 0)
         check_number("module.val_k", val_k, 1, integer=True)
         check_number("module.optimizer.lr", getattr(optimizer, "keywords", {}).get("lr", 1e-3), 0, low_open=True)
+        warmup = getattr(scheduler, "keywords", {})
+        check_number("module.scheduler.warmup_ratio", warmup.get("warmup_ratio", 0.1), 0, 1, why="of the steps")
+        if warmup.get("warmup_steps") is not None:
+            check_number("module.scheduler.warmup_steps", warmup["warmup_steps"], 0, integer=True)
         if grad_cache_chunk is not None:
             check_number("module.grad_cache_chunk", grad_cache_chunk, 1, integer=True, why="texts per forward pass")
         adapters = LoraSettings.from_config(lora)
