@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #                      here: <s> BOS prepended by the post-processor, </s> EOS never added, <unk>, no pad token,
 #                      padding_side="left" (as decoder tokenizers often ship)
 #   tiny_llama_dir, tiny_qwen2_dir   the same shape as Llama and Qwen2 models, with the tiny Mistral's tokenizer
+#                      (the Llama's named LlamaTokenizer, as Llama and Mistral hub folders name theirs: transformers
+#                      then rebuilds its pipeline on load)
 #   tiny_nv_embed_dir  the tiny Mistral behind remote code (auto_map) with NV-Embed's interface:
 #                      forward(input_ids, attention_mask, pool_mask=None, return_dict=True)
 #                      -> {"sentence_embeddings": mean of the last hidden states over pool_mask}
@@ -142,6 +144,9 @@ def _tiny_decoder(tmp_path_factory, tokenizer_dir: Path, name: str) -> Path:
     for path in tokenizer_dir.iterdir():
         if path.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(path, out / path.name)
+    if name == "llama":
+        config_path = out / "tokenizer_config.json"
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "tokenizer_class": "LlamaTokenizer"}))
     mistral = json.loads((tokenizer_dir / "config.json").read_text())
     shape = dict(vocab_size=mistral["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,

@@ -288,13 +288,15 @@ def test_e5_mistral_pools_the_appended_eos(tiny_encoder):
 
 
 def test_nv_embed_pool_mask_hides_exactly_the_instruction(tiny_encoder):
-    """The zeroed pool_mask positions are BOS and the tokens lying wholly inside the instruction text. For
-    queries starting with a word, that is the card's `len(tokenizer.tokenize(instruction))` for a Llama-style
-    tokenizer: the instruction's final space is a token of its own when alone ('▁'), but merges into the
-    query's first word ('▁why'). Where it does not merge ('▁', '('), the lone '▁' is instruction and is hidden."""
+    """The zeroed pool_mask positions are the card's first `len(tokenizer.tokenize(instruction))` (BOS and the
+    instruction's tokens; alone, its final space is a token of its own, '▁', counted in place of BOS), which is
+    also sentence-transformers' count with that lone space ignored. The query's first word pools, whether the
+    space merges into it ('▁why') or stands alone before it ('▁', '(', pooled as in the card)."""
     encoder = tiny_encoder("nv_embed")
     hf, prefix = encoder.tokenizer.tokenizer, encoder.spec.query_prefix
-    card_count = len(hf.tokenize(prefix))
+    card = AutoTokenizer.from_pretrained(encoder.spec.name_or_path, trust_remote_code=True)
+    card_count = len(card.tokenize(prefix))
+    assert card.tokenize(prefix)[-1] == "\u2581" and len(encoder.tokenizer.prefix_ids["query"]) == card_count
     queries = QUERIES[:3] + ["(lava) flows"]
     batch = encoder.tokenizer.pad(encoder.tokenizer(queries, "query"), "query")
     for row, query in enumerate(queries):
@@ -302,8 +304,8 @@ def test_nv_embed_pool_mask_hides_exactly_the_instruction(tiny_encoder):
         inside = next(i for i, (start, end) in enumerate(offsets) if end > len(prefix))
         assert inside == (card_count + 1 if query.startswith("(") else card_count)
         n = int(batch["attention_mask"][row].sum())
-        assert batch["pool_mask"][row, :inside].eq(0).all()
-        assert batch["pool_mask"][row, inside:n].eq(1).all()  # the query's first token and its EOS pool
+        assert batch["pool_mask"][row, :card_count].eq(0).all()
+        assert batch["pool_mask"][row, card_count:n].eq(1).all()  # the query's first token and its EOS pool
         assert batch["pool_mask"][row, n:].eq(0).all()
     passages = encoder.tokenizer.pad(encoder.tokenizer(PASSAGES, "passage"), "passage")
     assert "pool_mask" not in passages  # no passage prefix: everything attended is pooled

@@ -24,7 +24,8 @@ def test_token_store_takes_and_concatenates_rows():
 
 
 def _pad_row_by_row(tokenizer: PromptTokenizer, ids: list[list[int]], kind: str) -> dict[str, torch.Tensor]:
-    """The padding written out row by row: right padding, the prefix hidden where the input agrees with it."""
+    """The padding written out row by row: right padding, the prefix hidden where the input agrees with it (which,
+    with its trailing space ignored, is all of it)."""
     width = max(map(len, ids))
     input_ids = torch.full((len(ids), width), tokenizer.pad_id)
     attention = torch.zeros((len(ids), width), dtype=torch.long)

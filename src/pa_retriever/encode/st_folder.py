@@ -146,7 +146,7 @@ def write_tower(folder: Path, model: Any, tokenizer: Any, spec: EncoderSpec, pas
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.save_pretrained(folder)
+    _save_tokenizer(folder, tokenizer, spec)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if spec.normalize:
@@ -171,6 +171,26 @@ def write_tower(folder: Path, model: Any, tokenizer: Any, spec: EncoderSpec, pas
     if passage_tower:
         extra["passage_tower"] = passage_tower
     _write(folder / "encoder_spec.json", extra)
+
+
+def _save_tokenizer(folder: Path, tokenizer: Any, spec: EncoderSpec) -> None:
+    """Save `tokenizer` so that it loads back tokenising the prompts as it does now. transformers' model-specific
+    classes (LlamaTokenizer) rebuild their pipeline on load and would drop the rule that keeps a masked prompt's
+    trailing space out of its token count (tokenizer.py): then the folder names the class that loads tokenizer.json
+    as saved, for sentence-transformers and for this project alike."""
+    from transformers import AutoTokenizer
+    tokenizer.save_pretrained(folder)
+    probes = [prefix + "why " for prefix in (spec.query_prefix, spec.passage_prefix)]
+
+    def loads_back() -> bool:
+        saved = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+        return saved(probes)["input_ids"] == tokenizer(probes)["input_ids"]
+
+    if not loads_back():
+        config = _json(folder / "tokenizer_config.json")
+        _write(folder / "tokenizer_config.json", {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+        if not loads_back():  # a warning, not an error: the weights are saved, and training is over
+            log.warning("%s: the saved tokenizer does not tokenise as the trained one did", folder)
 
 
 def _ship_bidirectional_code(folder: Path, model_class: str) -> None:

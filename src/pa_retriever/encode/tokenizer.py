@@ -7,6 +7,7 @@ what bounds encoding speed.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tokenizers import Regex, normalizers
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -74,6 +76,8 @@ class PromptTokenizer:
         self.tokenizer, self.spec = tokenizer, spec
         if spec.append_eos and tokenizer.eos_token_id is None:
             raise ValueError(f"{spec.name_or_path}: append_eos is set but the tokenizer has no EOS token")
+        if spec.mask_prefix:
+            tokenizer = self.tokenizer = without_trailing_spaces(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.prefix_ids = {kind: self._prefix_ids(spec.prefix(kind)) for kind in KINDS}
@@ -85,14 +89,12 @@ class PromptTokenizer:
         return cls(tokenizer, spec)
 
     def _prefix_ids(self, prefix: str) -> list[int]:
-        """The prefix's token ids with leading special tokens (BOS, CLS) but not trailing ones (SEP, EOS)."""
+        """The prefix's token ids with a leading special token (BOS, CLS) but not a trailing one (SEP, EOS): the
+        tokens that sentence-transformers' Pooling(include_prompt=False) leaves out of the pool."""
         if not prefix:
             return []
         ids = self.tokenizer(prefix)["input_ids"]
-        specials = set(self.tokenizer.all_special_ids)
-        while ids and ids[-1] in specials:
-            ids = ids[:-1]
-        return ids
+        return ids[:-1] if ids and ids[-1] in self.tokenizer.all_special_ids else ids
 
     def __call__(self, texts: list[str], kind: str) -> list[list[int]]:
         """Token ids (unpadded) of `texts` encoded as `kind` ('query' or 'passage')."""
@@ -114,11 +116,8 @@ class PromptTokenizer:
         return TokenStore.from_lists(self(texts, kind))
 
     def pad(self, ids: Sequence[Sequence[int]] | TokenStore, kind: str) -> dict[str, torch.Tensor]:
-        """Right-padded tensors; `pool_mask` also hides the prefix when the spec asks for it.
-
-        The prefix is counted per input, where its tokens agree with those of the prefix alone: alone, a final
-        space is a token of its own ('▁' in Llama/Mistral tokenizers) that usually merges into the text's first
-        word ('▁why'), so a fixed count would hide that word from the pooling."""
+        """Right-padded tensors; `pool_mask` also hides the prefix when the spec asks for it: its first
+        len(prefix_ids[kind]) positions, as sentence-transformers counts them, so that an export encodes alike."""
         store = ids if isinstance(ids, TokenStore) else TokenStore.from_lists(ids)
         lengths = store.lengths()
         width = int(lengths.max(initial=0))
@@ -127,14 +126,33 @@ class PromptTokenizer:
         input_ids = np.full(attended.shape, self.pad_id, dtype=np.int64)
         input_ids[attended] = store.flat  # row-major order of the mask is the order of the flat ids
         batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attended.astype(np.int64))}
-        prefix = np.asarray(self.prefix_ids[kind], dtype=np.int64)
-        if self.spec.mask_prefix and len(prefix):
-            head = min(width, len(prefix))
-            agrees = (input_ids[:, :head] == prefix[:head]) & attended[:, :head]
-            prefix_length = np.where(agrees.all(1), head, agrees.argmin(1))
-            batch["pool_mask"] = torch.from_numpy((attended & (columns[None, :] >= prefix_length[:, None]))
-                                                  .astype(np.int64))
+        prefix_length = len(self.prefix_ids[kind])
+        if self.spec.mask_prefix and prefix_length:
+            batch["pool_mask"] = torch.from_numpy((attended & (columns[None, :] >= prefix_length)).astype(np.int64))
         return batch
+
+
+TRAILING_SPACES = normalizers.Replace(Regex(r" +\z"), "")
+
+
+def without_trailing_spaces(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A copy of `tokenizer` that ignores an input's trailing spaces, where they are tokens of their own.
+
+    Alone, a prompt's final space is a token ('▁' in Llama/Mistral tokenizers, 'Ġ' in byte-level BPE) that in
+    context merges into the text's first word ('▁why'). Counting the prompt's tokens as sentence-transformers does
+    would then hide that word from the pool; without the lone space, the prompt alone is exactly the tokens it
+    keeps before the text. The change travels with the tokenizer's saved tokenizer.json (see st_folder.py)."""
+    probe = tokenizer("x", add_special_tokens=False)["input_ids"]
+    if tokenizer("x ", add_special_tokens=False)["input_ids"] == probe:
+        return tokenizer  # whitespace is no token (WordPiece), or the change is made already
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{tokenizer.name_or_path}: model.mask_prefix needs a fast tokenizer (tokenizer.json), "
+                         "to keep a prompt's trailing space out of its token count")
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    backend.normalizer = normalizers.Sequence([TRAILING_SPACES] + ([backend.normalizer] if backend.normalizer else []))
+    return tokenizer
 
 
 def default_tokenize_threads(device: torch.device) -> int:

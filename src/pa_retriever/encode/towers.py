@@ -89,12 +89,13 @@ class Towers(torch.nn.Module):
 
     def save(self, folder: Path) -> Path:
         """A sentence-transformers folder (the query tower); an untied passage tower goes to its subfolder. LoRA
-        adapters are merged into the weights first (in place: the towers hold merged models afterwards)."""
+        adapters are merged into the weights first, in fp32 and saved so (in place: the towers hold the merged fp32
+        models afterwards): merged into bf16 weights, a small update rounds away (a bf16 step is 1/128 of a weight)."""
         check_exportable(self.spec)
         folder = Path(folder)
         for tower in (self.query, self.passage):
             if tower is not None and isinstance(tower.model, PeftModel):
-                tower.model = tower.model.merge_and_unload()
+                tower.model = tower.model.float().merge_and_unload()
         write_tower(folder, self.query.model, self.query.tokenizer.tokenizer, self.spec,
                     passage_tower=None if self.passage is None else PASSAGE_TOWER)
         if self.passage is not None:

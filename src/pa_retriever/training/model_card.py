@@ -28,6 +28,8 @@ def model_card(name: str, spec: EncoderSpec, base_model: str, teacher: str, meth
                if query != passage else None,
                "an EOS appended to every text (sentence-transformers appends none)" if spec.append_eos else None]
     if differs := [d for d in differs if d]:
+        fix = (f" There, `model.max_seq_length = {query}` around `encode_query` cuts queries as trained."
+               if query != passage and not spec.append_eos else "")
         lines += ["", "Loaded in sentence-transformers, this model does not encode as it was trained, with "
-                  + " and ".join(differs) + ". This project's `Towers.load` reads `encoder_spec.json` and does."]
+                  + " and ".join(differs) + ". This project's `Towers.load` reads `encoder_spec.json` and does." + fix]
     return "\n".join(lines) + "\n"
