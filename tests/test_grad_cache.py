@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import compose_cfg, tiny_overrides
+from helpers import compose_cfg, run_script, tiny_overrides
 
 from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.encode.towers import Towers
@@ -129,14 +129,18 @@ def test_a_run_with_grad_cache_trains_the_weights_a_plain_run_does(tiny_bert_dir
         torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_grad_cache_refuses_more_than_one_process(tiny_bert_dir):
-    """Under DDP its second pass would synchronise gradients once per chunk: refused, not silently wrong."""
-    from types import SimpleNamespace
-
-    from pa_retriever.training.module import BiEncoderModule
-    from pa_retriever.utils.checks import SettingError
-    module = BiEncoderModule(EncoderSpec.from_config({"name_or_path": str(tiny_bert_dir)}), torch.optim.AdamW,
-                             grad_cache_chunk=4)
-    module.trainer = SimpleNamespace(world_size=2)
-    with pytest.raises(SettingError, match="module.grad_cache_chunk runs on one process"):
-        BiEncoderModule.setup(module, "fit")
+def test_grad_cache_under_ddp_trains_the_weights_a_plain_ddp_run_does(tiny_bert_dir, tmp_path):
+    """Two gloo processes: DDP's reducer stays out of the chunked second pass and the module averages the
+    gradients itself, to the weights plain DDP reaches (same recipe as the one-process test above)."""
+    common = tiny_overrides(tiny_bert_dir, tmp_path) + [
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2", "data.val_split=null", "trainer.precision=32-true",
+        "test_after_training=false", "validate_before_training=false", "mining=naive_topk",
+        "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+        "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+    weights = []
+    for name, extra in (("plain", []), ("cached", ["module.grad_cache_chunk=3"])):
+        run_script("train.py", common + extra + [f"hydra.run.dir={tmp_path / name}"], timeout=900)
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-4, msg=name)

@@ -3,7 +3,8 @@
 tests/test_lightning_compat.py fails loudly when a Lightning release moves what these rely on:
 - the fit loop's progress counters (where a mid-epoch resume starts, and how many batches a process has run);
 - the private `_hydra_subprocess_cmd` that Lightning's DDP launcher builds child commands with;
-- the warning Lightning gives on resuming mid-epoch with a loader that keeps no state (ours restarts exactly).
+- the warning Lightning gives on resuming mid-epoch with a loader that keeps no state (ours restarts exactly);
+- the DDP wrapper the strategy holds, whose reducer GradCache keeps out.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def resume_position(trainer: L.Trainer) -> tuple[int, int]:
     epoch, done = fit.epoch_progress.current, fit.epoch_loop.batch_progress.current.processed
     cut_short = epoch.started == epoch.processed + 1 and done < trainer.num_training_batches
     return (epoch.processed, done) if cut_short else (epoch.started, 0)
+
+
+def keep_ddp_from_syncing(trainer: L.Trainer) -> None:
+    """Leave DDP's gradient reducer out of the coming steps (the flag `no_sync()` sets, kept set: Lightning's own
+    `no_sync` for gradient accumulation restores what it found)."""
+    trainer.strategy.model.require_backward_grad_sync = False
 
 
 @contextmanager

@@ -18,10 +18,11 @@ from pa_retriever.encode.encoder import resolve_dtype
 from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.encode.towers import LoraSettings, Towers
 from pa_retriever.training.grad_cache import CachedEncoding
-from pa_retriever.training.lightning_compat import batches_completed
+from pa_retriever.training.lightning_compat import batches_completed, keep_ddp_from_syncing
 from pa_retriever.training.loss import InBatchFilter, LossSettings, contrastive_loss, distillation_losses
 from pa_retriever.training.validation import ValidationSearch
-from pa_retriever.utils.checks import SettingError, check_number
+from pa_retriever.utils.checks import check_number
+from pa_retriever.utils.distributed import average_gradients
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.1,
@@ -71,10 +72,11 @@ class BiEncoderModule(L.LightningModule):
         self._val_parts: list = []
         self._cached: CachedEncoding | None = None
 
-    def setup(self, stage: str) -> None:
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.hparams.grad_cache_chunk and self.trainer.world_size > 1:
-            raise SettingError("module.grad_cache_chunk runs on one process for now: under DDP its second pass would "
-                               "synchronise gradients once per chunk; use module.grad_cache_chunk=null")
+            # GradCache encodes again in backward, chunk by chunk, outside DDP's forward: DDP's reducer, which
+            # expects one backward per forward, stays out, and `backward` averages the gradients itself
+            keep_ddp_from_syncing(self.trainer)
 
     def _encode(self, kind: str, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.towers.tower(kind)(**tokens)
@@ -114,6 +116,8 @@ class BiEncoderModule(L.LightningModule):
             return super().backward(loss, *args, **kwargs)
         self._cached.backward(loss)
         self._cached = None
+        if self.trainer.world_size > 1:
+            average_gradients(self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """With adapters, only what trains is saved: the frozen base (7B for Mistral) is reloaded from its folder."""

@@ -1,4 +1,5 @@
-"""torch.distributed for jobs that are not Lightning fits (mining): rank, world size, barrier, gather."""
+"""torch.distributed outside what Lightning does for us: rank, world size, barrier, gather (mining), and the
+gradient average GradCache makes in place of DDP's reducer."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def all_gather_object(value: object) -> list:
         dist.all_gather_object(gathered, value)
         return gathered
     return [value]
+
+
+def average_gradients(parameters) -> None:
+    """Average the trainable parameters' gradients over the processes, as DDP's reducer would (a parameter without
+    a gradient takes part with zeros, so every process makes the same collectives)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = []
+    for p in parameters:
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    for handle in [dist.all_reduce(g, async_op=True) for g in grads]:
+        handle.wait()
+    for g in grads:
+        g.div_(dist.get_world_size())
