@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one call, each stage's JSON record in $OUT/records (or logs/gpu_suite/records), its log
-# in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, a
+# in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, FSDP's
+# export, bidirectional flash attention, a
 # bf16 step against the CPU's, exact resume), mining against sentence-transformers (SciFact, 100k and 1M
 # synthetic passages), training throughput against it, a Mistral-7B-shaped LoRA student's memory and speed, the
 # SciFact final recipe at 256 tokens with attention dropout, and zero-shot parity. A failed stage is reported and the
@@ -42,7 +43,7 @@ run() {  # run STAGE LIMIT COMMAND...: the command's output to logs/STAGE.log, i
 run env 30 bash -c "nvidia-smi; python -c 'import torch, transformers, lightning, sentence_transformers as st;
 print(torch.__version__, transformers.__version__, lightning.__version__, st.__version__, torch.cuda.get_device_name())'"
 run probe 90 python -m bench.gpu_probe --data "$data" --model "$model" --out "$out/records/probe.json"
-run tests 150 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+run tests 200 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 run mine_scifact 60 python -m bench.mine_vs_st --data "$data" --model "$model" --out "$out/records/mine_scifact.json"
 run mine_100k 150 python -m bench.mine_vs_st --data "$data" --model "$model" --synthetic 100000 \
   $([ "${ST_100K:-1}" = 0 ] && echo --no-st) --out "$out/records/mine_100k.json"

@@ -4,6 +4,7 @@ Skipped without CUDA (`pytest -m gpu` selects them; bench/gpu_suite.sh runs them
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from unittest import mock
 
@@ -127,3 +128,44 @@ def test_quickstart_pipeline_runs_on_the_gpu(tiny_bert_dir, tmp_path):
         tmp_path / "run"))
     assert set(metrics) == {"ndcg@10", "recall@100", "mrr@10", "map@100"}
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
+def test_bidirectional_holds_on_the_flash_attention_path(tiny_mistral_dir):
+    """Flash-attention takes no mask tensor, only is_causal: a later token must still move an earlier position,
+    and the outputs must match SDPA's (bf16)."""
+    from pa_retriever.encode.encoder import load_model
+    from pa_retriever.encode.spec import EncoderSpec
+    spec = EncoderSpec.from_config({"name_or_path": str(tiny_mistral_dir), "bidirectional": True})
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45]], device="cuda")
+    changed = ids.clone()
+    changed[0, 5] = 99
+    outputs = {}
+    for attention in ("flash_attention_2", "sdpa"):
+        model = load_model(spec, str(tiny_mistral_dir), torch.bfloat16, attn_implementation=attention).cuda().eval()
+        with torch.no_grad():
+            outputs[attention] = [model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.float()
+                                  for x in (ids, changed)]
+    before, after = outputs["flash_attention_2"]
+    assert (before[0, 2] - after[0, 2]).abs().max() > 1e-3
+    torch.testing.assert_close(before, outputs["sdpa"][0], atol=3e-2, rtol=3e-2)
+
+
+def test_fsdp_on_one_gpu_exports_the_weights_a_plain_run_does(tiny_bert_dir, tmp_path):
+    """trainer=fsdp: the export after fitting holds whole, unsharded weights under their own names, equal to a
+    plain run's (fp32, dropout off, SGD: as the GradCache equality tests)."""
+    from safetensors.torch import load_file
+
+    from pa_retriever.tasks.train import train
+    common = tiny_overrides(tiny_bert_dir, tmp_path) + [
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "data.val_split=null", "trainer.precision=32-true",
+        "test_after_training=false", "validate_before_training=false", "mining=naive_topk",
+        "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+        "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+    weights = []
+    for name, trainer in (("plain", ["trainer=gpu"]), ("fsdp", ["trainer=fsdp", "trainer.devices=1"])):
+        train(compose_cfg("train", common + trainer, tmp_path / name))
+        weights.append(load_file(tmp_path / name / "model" / "model.safetensors"))
+    assert weights[1].keys() == weights[0].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-4, msg=name)
