@@ -2,8 +2,8 @@
 # Every GPU check in one call, each stage's JSON record in $OUT/records (or logs/gpu_suite/records), its log
 # in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, FSDP's
 # export, bidirectional flash attention, a bf16 step against the CPU's, exact resume), mining against
-# sentence-transformers (SciFact, 100k and 1M
-# synthetic passages), training throughput against it, a Mistral-7B-shaped LoRA student's memory and speed, the
+# sentence-transformers (SciFact, 100k and 1M synthetic passages), training throughput against it, a
+# Mistral-7B-shaped LoRA student's memory and speed, the
 # SciFact final recipe at 256 tokens with attention dropout, and zero-shot parity. A failed stage is reported and the
 # next one runs; the whole suite ends by DEADLINE seconds (default 560), each stage cut at its share.
 #   bash bench/gpu_suite.sh                                  # every stage
