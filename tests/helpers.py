@@ -24,6 +24,13 @@ def tiny_overrides(model_dir: Path, tmp_path: Path, groups: tuple[str, ...] = ("
     return out
 
 
+# Two runs that must reach the same weights: fp32, dropout off (it would draw per chunk or per shard), SGD (Adam
+# would blow the rounding noise of gradients that are zero in exact arithmetic up to full-size steps).
+EXACT_SGD = ["trainer.precision=32-true", "data.val_split=null", "test_after_training=false", "mining=naive_topk",
+             "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+             "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+
+
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """The composed config as the entry point would see it, with the run dir at `output_dir`."""
     GlobalHydra.instance().clear()

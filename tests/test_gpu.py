@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from helpers import compose_cfg, crash_and_resume, tiny_overrides  # noqa: E402
+from helpers import EXACT_SGD, compose_cfg, crash_and_resume, tiny_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -157,11 +157,8 @@ def test_fsdp_on_one_gpu_exports_the_weights_a_plain_run_does(tiny_bert_dir, tmp
     from safetensors.torch import load_file
 
     from pa_retriever.tasks.train import train
-    common = tiny_overrides(tiny_bert_dir, tmp_path) + [
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "data.val_split=null", "trainer.precision=32-true",
-        "test_after_training=false", "validate_before_training=false", "mining=naive_topk",
-        "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
-        "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+    common = tiny_overrides(tiny_bert_dir, tmp_path) + EXACT_SGD + [
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "validate_before_training=false"]
     weights = []
     for name, trainer in (("plain", ["trainer=gpu"]), ("fsdp", ["trainer=fsdp", "trainer.devices=1"])):
         train(compose_cfg("train", common + trainer, tmp_path / name))

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import compose_cfg, run_script, tiny_overrides
+from helpers import EXACT_SGD, compose_cfg, run_script, tiny_overrides
 
 from pa_retriever.encode.spec import EncoderSpec
 from pa_retriever.encode.towers import Towers
@@ -116,11 +116,8 @@ def test_a_run_with_grad_cache_trains_the_weights_a_plain_run_does(tiny_bert_dir
     per chunk; SGD: Adam would blow the rounding noise of gradients that are zero in exact arithmetic, such as
     attention key biases', up to full-size steps)."""
     from pa_retriever.tasks.train import train
-    common = tiny_overrides(tiny_bert_dir, tmp_path) + [
-        "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "data.val_split=null", "trainer.accelerator=cpu",
-        "trainer.precision=32-true", "test_after_training=false", "mining=naive_topk",
-        "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
-        "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+    common = tiny_overrides(tiny_bert_dir, tmp_path) + EXACT_SGD + [
+        "trainer.max_epochs=2", "+trainer.limit_train_batches=2", "trainer.accelerator=cpu"]
     weights = []
     for name, extra in (("plain", []), ("cached", ["module.grad_cache_chunk=5"])):
         train(compose_cfg("train", common + extra, tmp_path / name))
@@ -132,12 +129,9 @@ def test_a_run_with_grad_cache_trains_the_weights_a_plain_run_does(tiny_bert_dir
 def test_grad_cache_under_ddp_trains_the_weights_a_plain_ddp_run_does(tiny_bert_dir, tmp_path):
     """Two gloo processes: DDP's reducer stays out of the chunked second pass and the module averages the
     gradients itself, to the weights plain DDP reaches (same recipe as the one-process test above)."""
-    common = tiny_overrides(tiny_bert_dir, tmp_path) + [
+    common = tiny_overrides(tiny_bert_dir, tmp_path) + EXACT_SGD + [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2", "data.val_split=null", "trainer.precision=32-true",
-        "test_after_training=false", "validate_before_training=false", "mining=naive_topk",
-        "module.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
-        "module.optimizer._target_=torch.optim.SGD", "module.optimizer.lr=0.5"]
+        "+trainer.limit_train_batches=2", "validate_before_training=false"]
     weights = []
     for name, extra in (("plain", []), ("cached", ["module.grad_cache_chunk=3"])):
         run_script("train.py", common + extra + [f"hydra.run.dir={tmp_path / name}"], timeout=900)
