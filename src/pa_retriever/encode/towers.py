@@ -20,7 +20,7 @@ from pa_retriever.encode.encoder import DTYPES, EncodeSettings, TextEncoder, loa
 from pa_retriever.encode.spec import EncoderSpec, resolve_model_path
 from pa_retriever.encode.st_folder import check_exportable, write_tower
 from pa_retriever.encode.tokenizer import PromptTokenizer
-from pa_retriever.utils.checks import SettingError, check_choice, check_number
+from pa_retriever.utils.checks import SettingError, check_choice, check_known_keys, check_number
 
 PASSAGE_TOWER = "passage_encoder"  # the subfolder of an exported untied model that holds its passage tower
 
@@ -126,9 +126,7 @@ class LoraSettings:
         if not cfg:
             return None
         values = dict(cfg)
-        if unknown := set(values) - {f.name for f in fields(cls)}:
-            raise SettingError(f"module.lora: unknown setting(s) {sorted(unknown)}; known: r, alpha, dropout, "
-                               "target_modules")
+        check_known_keys("module.lora", values, [f.name for f in fields(cls)])
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
         return cls(**values)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pa_retriever.data.source import DataSource
 from pa_retriever.mining.methods import MiningMethod
-from pa_retriever.utils.checks import SettingError
+from pa_retriever.utils.checks import SettingError, check_known_keys
 
 ENTRY_KEYS = {"path", "split", "train_split", "url", "use_title", "strict", "instruction", "weight", "teacher",
               "mining", "in_batch_negatives"}
@@ -49,8 +49,7 @@ def datasets(cfg: DictConfig, split_key: str) -> list[Dataset]:
     found, names = [], set()
     for i, entry in enumerate(entries):
         entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else dict(entry)
-        if unknown := set(entry) - ENTRY_KEYS:
-            raise SettingError(f"data.datasets[{i}]: unknown setting(s) {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
+        check_known_keys(f"data.datasets[{i}]", entry, ENTRY_KEYS)
         # use_title and strict fall back on the top level; a url belongs to its own path alone
         source = DataSource.from_config({**{k: cfg.data.get(k) for k in ("use_title", "strict")}, **entry})
         name = source.name if source.name not in names else f"{source.name}-{i}"

@@ -33,6 +33,12 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise SettingError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+def check_known_keys(name: str, given: Any, known: Any) -> None:
+    """Every key of the mapping `name` is one of `known` (a typo would otherwise be dropped or fail as a TypeError)."""
+    if unknown := set(given) - set(known):
+        raise SettingError(f"{name}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
 def check_count_or_auto(name: str, value: Any, low: int = 1) -> None:
     """`auto`, or an integer of at least `low`."""
     if value != "auto":
