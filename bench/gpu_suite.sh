@@ -3,9 +3,9 @@
 # in logs/: where encoding and a training step spend their time (bench/gpu_probe.py), the GPU tests (search, FSDP's
 # export, bidirectional flash attention, a bf16 step against the CPU's, exact resume), mining against
 # sentence-transformers (SciFact, 100k and 1M synthetic passages), training throughput against it, a
-# Mistral-7B-shaped LoRA student's memory and speed, the
-# SciFact final recipe at 256 tokens with attention dropout, and zero-shot parity. A failed stage is reported and the
-# next one runs; the whole suite ends by DEADLINE seconds (default 560), each stage cut at its share.
+# Mistral-7B-shaped LoRA student's memory and speed, the SciFact final recipe at 256 tokens with attention dropout,
+# and zero-shot parity. A failed stage is reported and the next one runs; the whole suite ends by DEADLINE seconds
+# (default 560), each stage cut at its share.
 #   bash bench/gpu_suite.sh                                  # every stage
 #   STAGES="mine_1m train" bash bench/gpu_suite.sh           # some of them
 #   ST_100K=0 PROFILE=1 ...                                  # 100k without ST's side; Lightning's time per hook
