@@ -96,3 +96,30 @@ def test_the_runs_table_counts_a_cross_validated_run_by_its_mean_and_shows_the_f
     assert [s["seed"] for s in found] == [1, 2]
     row = table({"cv": found}).splitlines()[-1]
     assert row.startswith("| cv | 0.6000 ± 0.0000 (2) | 0.9000 ± 0.0000 (2) | 0.0707 |")  # sd over folds: 0.1414, 0
+
+
+def test_the_runs_table_pairs_per_fold_runs_of_both_sides_by_seed_and_refuses_a_missing_fold(tmp_path):
+    from bench.runs_table import runs, table
+    scores = {"ours": {1: [0.6, 0.8], 2: [0.5, 0.7]}, "st": {1: [0.5, 0.8], 2: [0.5, 0.6]}}
+    for seed, folds in scores["ours"].items():  # our runs: one run dir per fold (data.fold=<i>)
+        for fold, ndcg in enumerate(folds):
+            run = tmp_path / "ours" / f"fold{fold}-seed{seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({
+                "seed": seed, "split": f"train+dev:fold{fold}of2", "metrics": {"ndcg@10": ndcg, "recall@100": 0.9}}))
+    (tmp_path / "ours" / "multirun.yaml").write_text("hydra: {}\n")
+    for seed, folds in scores["st"].items():  # bench/st_ablation.py's records, one folder per fold
+        for fold, ndcg in enumerate(folds):
+            (tmp_path / "st" / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "st" / f"fold{fold}" / f"minilm-naive_topk-seed{seed}.json").write_text(json.dumps({
+                "seed": seed, "setting": {"eval_split": f"train+dev:fold{fold}of2"},
+                "metrics": {"ndcg@10": ndcg, "recall@100": 0.8}}))
+    ours, st = runs(f"{tmp_path}/ours/*"), runs(f"{tmp_path}/st/*/*.json")
+    assert [(s["seed"], s["metrics"]["ndcg@10"]) for s in ours] == [(1, pytest.approx(0.7)), (2, pytest.approx(0.6))]
+    assert ours[0]["fold_sd"] == pytest.approx(statistics.stdev([0.6, 0.8]))
+    rows = table({"ours": ours, "ST": st}).splitlines()
+    assert rows[-1].startswith("| ST | 0.6000 ± 0.0707 (2) | 0.8000 ± 0.0000 (2) |")
+    assert "| -0.0500 ± 0.0000 paired | 1,2 |" in rows[-1]  # seed 1: 0.65 - 0.7, seed 2: 0.55 - 0.6
+    (tmp_path / "st" / "fold1" / "minilm-naive_topk-seed2.json").unlink()
+    with pytest.raises(SystemExit, match=r"seed 2 lacks fold\(s\) \[1\] of 2"):
+        runs(f"{tmp_path}/st/*/*.json")
