@@ -14,7 +14,7 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
   local data=${SCIFACT_DIR:?set SCIFACT_DIR to the BEIR SciFact folder (train and dev judgements)}
   local base=${MINILM_DIR:-sentence-transformers/all-MiniLM-L6-v2} seeds=${SEEDS:-1,2,3} epochs=${EPOCHS:-1}
   local logs=logs/cv_vs_st/epochs$epochs folds=5 fold seed run
-  for seed in ${seeds//,/ }; do
+  for seed in ${seeds//,/ }; do  # seed by seed: each one finished is a row of the table
     for ((fold = 0; fold < folds; fold++)); do
       run=$logs/ours/fold$fold-seed$seed
       [ -f "$run/summary.json" ] || python train.py experiment=scifact/ablation_cpu cv=kfold "data.folds=$folds" \
@@ -23,7 +23,7 @@ main() {  # read whole before it runs: editing the file cannot change a run in p
         "hydra.run.dir=$run"
       python -m bench.st_ablation --data "$data" --base "$base" --methods naive_topk --seeds "$seed" \
         --train-split "train+dev:without-fold${fold}of$folds" --eval-split "train+dev:fold${fold}of$folds" \
-        --epochs "$epochs" --max-length 128 --attention-dropout 0 --out "$logs/st/fold$fold"
+        --epochs "$epochs" --max-length 128 --attention-dropout 0 --out "$logs/st/fold$fold" --cache "$logs/st/cache"
     done
   done
   python -m bench.runs_table "ours=$logs/ours/*" "sentence-transformers=$logs/st/*/*.json" | tee "$logs/table.md"

@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--warmup", default="ours", choices=["ours", "st"],
                         help="ours: our scheduler's warm-up; st: HF's, whose first step is at learning rate 0")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, help="keep each teacher's embeddings here (<cache>/<teacher name>) "
+                                                   "across calls, e.g. one per fold; a name must mean one model")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         print(f"SKIP: no BEIR data at {args.data}")
@@ -90,7 +92,9 @@ def main() -> None:
     for teacher_spec in args.teachers.split(","):
         name, _, path = teacher_spec.partition("=")
         teacher = SentenceTransformer(resolve_model_path(path or args.base))  # its own max length, as ours
-        with tempfile.TemporaryDirectory() as cache:
+        with tempfile.TemporaryDirectory() as scratch:
+            cache = (args.cache or Path(scratch)) / name
+            warm = cache.is_dir() and any(cache.iterdir())  # an earlier call encoded: no cold figure here
             cold = None
             for method in args.methods.split(","):
                 if ST_METHODS.get(method, None) is None:
@@ -103,9 +107,10 @@ def main() -> None:
                 for seed in seeds:
                     if sampling or seed == seeds[0]:
                         random.seed(int(seed))
-                        mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=Path(cache),
+                        mined, mining_seconds = st_mine(dataset, teacher, train.passages, method, cache=cache,
                                                          bf16=bf16)
-                        cold = cold if cold is not None or not mining_seconds else mining_seconds  # first encodes
+                        if cold is None and mining_seconds and not warm:  # the first mining encodes
+                            cold = mining_seconds
                     target = args.out / f"{name}-{method}-seed{seed}.json"
                     torch.manual_seed(int(seed))
                     student = SentenceTransformer(resolve_model_path(args.base), config_kwargs=config_kwargs)
