@@ -5,7 +5,8 @@ groups ran the same seeds (the seed fixes the batch order, so paired differences
 A run is a run dir (its summary.json, or cv_summary.json for every fold in one job, cv=kfold data.fold=all) or a
 record of bench/st_ablation.py (a .json file). Runs scored on folds (split `...:fold<i>of<k>`, one job per fold)
 count per seed by their mean over the k folds, which must all be there; the table then adds the spread of
-nDCG@10 over folds (the mean over the group's seeds of each seed's standard deviation over its folds).
+nDCG@10 over folds (the mean over the group's seeds of each seed's standard deviation over its folds), and a
+second table of nDCG@10 fold by fold: folds differ far more than recipes do, so compare groups within a fold.
 
     python -m bench.runs_table "SciFact alone=logs/scifact_alone/*" "SciFact + demo=logs/blend/*"
     python -m bench.runs_table "ours=logs/cv/ours/*" "ST=logs/cv/st/*/*.json"      # cross-validated, by fold
@@ -61,7 +62,8 @@ def _per_seed(found: list[dict], pattern: str) -> list[dict]:
         scores = [runs_of_seed[i]["metrics"] for i in range(folds)]
         names = [name for name in scores[0] if all(name in s for s in scores)]
         collapsed.append({"seed": seed, "metrics": {n: statistics.fmean(s[n] for s in scores) for n in names},
-                          "fold_sd": statistics.stdev(s["ndcg@10"] for s in scores)})
+                          "fold_sd": statistics.stdev(s["ndcg@10"] for s in scores),
+                          "by_fold": [s["ndcg@10"] for s in scores]})
     return collapsed
 
 
@@ -104,6 +106,23 @@ def table(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def fold_table(groups: dict[str, list[dict]]) -> str:
+    """nDCG@10 fold by fold (mean over seeds) of the groups run one job per fold, each minus the first's."""
+    by_fold = {label: np.mean([s["by_fold"] for s in found], axis=0) for label, found in groups.items()
+               if all("by_fold" in s for s in found)}
+    if not by_fold:
+        return ""
+    first = next(iter(by_fold.values()))
+    labels = list(by_fold)
+    lines = ["| fold | " + " | ".join(labels) + " | " + " | ".join(f"{label} − {labels[0]}" for label in labels[1:])
+             + " |", "|---|" + "---|" * (2 * len(labels) - 1)]
+    for fold in range(len(first)):
+        cells = [f"{by_fold[label][fold]:.4f}" for label in labels]
+        cells += [f"{by_fold[label][fold] - first[fold]:+.4f}" for label in labels[1:]]
+        lines.append(f"| {fold} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("groups", nargs="+", help="LABEL=GLOB of run dirs or records")
@@ -115,6 +134,8 @@ def main() -> None:
             raise SystemExit(f"{label}: no finished run under {pattern}")
         groups[label] = found
     print(table(groups))
+    if folds := fold_table(groups):
+        print(f"\nnDCG@10 by fold, mean over seeds:\n\n{folds}")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_the_runs_table_counts_a_cross_validated_run_by_its_mean_and_shows_the_f
 
 
 def test_the_runs_table_pairs_per_fold_runs_of_both_sides_by_seed_and_refuses_a_missing_fold(tmp_path):
-    from bench.runs_table import runs, table
+    from bench.runs_table import fold_table, runs, table
     scores = {"ours": {1: [0.6, 0.8], 2: [0.5, 0.7]}, "st": {1: [0.5, 0.8], 2: [0.5, 0.6]}}
     for seed, folds in scores["ours"].items():  # our runs: one run dir per fold (data.fold=<i>)
         for fold, ndcg in enumerate(folds):
@@ -120,6 +120,8 @@ def test_the_runs_table_pairs_per_fold_runs_of_both_sides_by_seed_and_refuses_a_
     rows = table({"ours": ours, "ST": st}).splitlines()
     assert rows[-1].startswith("| ST | 0.6000 ± 0.0707 (2) | 0.8000 ± 0.0000 (2) |")
     assert "| -0.0500 ± 0.0000 paired | 1,2 |" in rows[-1]  # seed 1: 0.65 - 0.7, seed 2: 0.55 - 0.6
+    assert fold_table({"ours": ours, "ST": st}).splitlines()[2:] == [  # fold by fold, mean over seeds
+        "| 0 | 0.5500 | 0.5000 | -0.0500 |", "| 1 | 0.7500 | 0.7000 | -0.0500 |"]
     (tmp_path / "st" / "fold1" / "minilm-naive_topk-seed2.json").unlink()
     with pytest.raises(SystemExit, match=r"seed 2 lacks fold\(s\) \[1\] of 2"):
         runs(f"{tmp_path}/st/*/*.json")
