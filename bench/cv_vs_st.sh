@@ -4,7 +4,7 @@
 # side trains on four folds and is scored on the fifth, for every fold and seed; the table pairs the sides by
 # seed, each seed counting by its mean over the five folds.
 #
-#   SCIFACT_DIR=/data/scifact bash bench/cv_vs_st.sh     # SEEDS=1,2,3 EPOCHS=1: about 70 minutes on 2 cores
+#   SCIFACT_DIR=/data/scifact bash bench/cv_vs_st.sh     # SEEDS=1,2,3 EPOCHS=1: about 105 minutes on 2 cores
 #
 # A run is finished when its summary.json (ours) or record (ST) exists: a killed script resumes where it stopped.
 set -euo pipefail
