@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 
 from pa_retriever.data.folds import Fold
+from pa_retriever.tasks.cross_validate import mean_over_folds
 
 METRICS = ("ndcg@10", "recall@100")
 
@@ -34,7 +34,7 @@ def _read(path: Path) -> list[dict]:
             return []
         record = json.loads(path.read_text())
         return [{"seed": record["seed"], "metrics": record["metrics"], "split": record["setting"]["eval_split"]}]
-    found = [json.loads(p.read_text()) for p in (path / "summary.json",) if p.is_file()]
+    found = [json.loads((path / "summary.json").read_text())] if (path / "summary.json").is_file() else []
     if (path / "cv_summary.json").is_file():
         folds = json.loads((path / "cv_summary.json").read_text())
         found.append({"seed": folds["seed"], "metrics": folds["mean"], "fold_sd": folds["std"].get("ndcg@10")})
@@ -60,9 +60,8 @@ def _per_seed(found: list[dict], pattern: str) -> list[dict]:
             raise SystemExit(f"{pattern}: seed {seed} lacks fold(s) {missing} of {folds}: a mean over the others "
                              "would not compare")
         scores = [runs_of_seed[i]["metrics"] for i in range(folds)]
-        names = [name for name in scores[0] if all(name in s for s in scores)]
-        collapsed.append({"seed": seed, "metrics": {n: statistics.fmean(s[n] for s in scores) for n in names},
-                          "fold_sd": statistics.stdev(s["ndcg@10"] for s in scores),
+        mean, std = mean_over_folds(scores)
+        collapsed.append({"seed": seed, "metrics": mean, "fold_sd": std["ndcg@10"],
                           "by_fold": [s["ndcg@10"] for s in scores]})
     return collapsed
 

@@ -51,6 +51,13 @@ def fold_configs(cfg: DictConfig) -> list[DictConfig]:
     return configs
 
 
+def mean_over_folds(scores: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(mean, standard deviation) over folds of each metric every fold reports."""
+    names = [name for name in scores[0] if all(name in s for s in scores)]
+    return ({name: statistics.fmean(s[name] for s in scores) for name in names},
+            {name: statistics.stdev(s[name] for s in scores) for name in names})
+
+
 def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:
     """Train and score every fold; the mean of each metric every fold reports ({} if a fold reports none)."""
     scores = []
@@ -61,10 +68,9 @@ def cross_validate(cfg: DictConfig, train: Callable[[DictConfig], dict[str, floa
     if not all(scores):
         log.warning("A fold reported no metrics (test_after_training=false?): no mean over folds")
         return {}
-    names = [name for name in scores[0] if all(name in s for s in scores)]
-    mean = {name: statistics.fmean(s[name] for s in scores) for name in names}
+    mean, std = mean_over_folds(scores)
     write_json_atomic(Path(cfg.paths.output_dir) / "cv_summary.json", {
-        "split": cfg.data.labelled, "folds": cfg.data.folds, "seed": cfg.seed, "mean": mean,
-        "std": {name: statistics.stdev(s[name] for s in scores) for name in names}, "by_fold": scores})
+        "split": cfg.data.labelled, "folds": cfg.data.folds, "seed": cfg.seed, "mean": mean, "std": std,
+        "by_fold": scores})
     log.info("Mean over %d folds: %s", cfg.data.folds, ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
     return mean
