@@ -72,6 +72,33 @@ def test_a_claim_being_written_is_not_taken_for_a_dead_writers(tmp_path):
     os.utime(claim, (old, old))
     assert try_claim(claim) and claim.read_text().split()[1] == str(os.getpid())
 
+
+def test_a_dead_claim_judged_by_two_jobs_is_taken_over_by_one(tmp_path, monkeypatch):
+    """Two jobs find the same dead claim; the faster removes it and claims. The slower, judging the old claim,
+    must leave the new one in place and not claim: else both would do the work."""
+    import os
+    import socket
+
+    from pa_retriever.utils import io
+    claim = tmp_path / "shard.claim"
+    claim.write_text(f"{socket.gethostname()} 999999999\n")  # no such process: abandoned
+    judge = io._abandoned
+
+    def faster_job_takes_over_meanwhile(path):
+        dead = judge(path)
+        path.unlink()
+        path.write_text(f"{socket.gethostname()} 1\n")  # the faster job's claim (pid 1 is alive)
+        return dead
+
+    monkeypatch.setattr(io, "_abandoned", faster_job_takes_over_meanwhile)
+    assert not io.try_claim(claim)
+    assert claim.read_text().split()[1] == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.claim"]  # nothing left aside
+    monkeypatch.setattr(io, "_abandoned", judge)
+    claim.write_text(f"{socket.gethostname()} 999999999\n")
+    assert io.try_claim(claim) and claim.read_text().split()[1] == str(os.getpid())  # a lone taker still takes over
+
+
 def test_search_returns_no_row_for_a_nan_query_in_any_shard():
     from pa_retriever.encode.search import exact_search
     queries = np.array([[1, 0], [np.nan, np.nan]], np.float32)

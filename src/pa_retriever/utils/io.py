@@ -60,9 +60,8 @@ def try_claim(path: Path) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if not _abandoned(path):
+            if not _take_over(path):
                 return False
-            path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
@@ -90,6 +89,36 @@ def release_claim(path: Path) -> None:
         return
     if host == socket.gethostname() and int(pid) == os.getpid():
         Path(path).unlink(missing_ok=True)
+
+
+def _take_over(path: Path) -> bool:
+    """Remove the claim at `path` if it is abandoned, and only that claim: True if the path is free now. Two jobs
+    may judge one dead claim at once; the slower must not then remove the claim the faster has just made. So the
+    judged file is moved aside and dropped only if it is the file judged (same inode and mtime); else put back."""
+    try:
+        judged = _identity(path.stat())
+    except OSError:
+        return True  # gone meanwhile
+    if not _abandoned(path):
+        return False
+    aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # another job removed it first
+    if _identity(aside.stat()) == judged:
+        aside.unlink()
+        return True
+    try:  # a live claim made since the judgement: put it back, unless a third job has claimed meanwhile
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    aside.unlink()
+    return False
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_ino, stat.st_mtime_ns  # the inode alone: a new file may reuse a removed one's number
 
 
 def _abandoned(path: Path) -> bool:
