@@ -90,10 +90,11 @@ def sample_survivors(mined, num_negatives: int, keep_best: int):
 def st_train(model, dataset, out_dir: Path, epochs: float = 3, batch_size: int = 32, lr: float = 2e-5,
              warmup_ratio: float = 0.1, bf16: bool = False, seed: int = 42, max_steps: int = -1,
              callbacks: tuple = (), workers: int = 0, weight_decay: float = 0.0,
-             batch_sampler: str = "batch_sampler", warmup: str = "st") -> float:
+             batch_sampler: str = "batch_sampler", warmup: str = "st", compile: bool = False) -> float:
     """Train with MultipleNegativesRankingLoss (scale 20 = temperature 0.05); returns seconds. The defaults are
     sentence-transformers' own (no weight decay, batches that may repeat a text: `no_duplicates` avoids that, and
-    HF's warm-up, whose first step is at learning rate 0); warmup="ours" warms up as our scheduler does."""
+    HF's warm-up, whose first step is at learning rate 0); warmup="ours" warms up as our scheduler does; `compile`:
+    the model through torch.compile (the HF trainer's `torch_compile`)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
@@ -109,7 +110,7 @@ def st_train(model, dataset, out_dir: Path, epochs: float = 3, batch_size: int =
         output_dir=str(out_dir), num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, batch_sampler=batch_sampler, bf16=bf16,
         use_cpu=not torch.cuda.is_available(), seed=seed, dataloader_num_workers=workers, logging_steps=10_000,
-        save_strategy="no", report_to="none", disable_tqdm=True)
+        save_strategy="no", report_to="none", disable_tqdm=True, torch_compile=compile)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model),
                       callbacks=list(callbacks))
     started = time.perf_counter()

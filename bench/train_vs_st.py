@@ -2,8 +2,10 @@
 
     python -m bench.train_vs_st                      # SciFact train, MiniLM, batch 32, 1 query + 5 passages, 256
     python -m bench.train_vs_st --steps 60 --batch-size 32 --precision bf16
+    python -m bench.train_vs_st --compile           # both sides through torch.compile (ours: module.compile)
 
-Same model, batch size, negatives (our naive top-4, given to both), max length and precision. Each side runs
+Same model, batch size, negatives (our naive top-4, given to both), max length, precision, attention dropout
+(`--attention-dropout`) and compilation. Each side runs
 `--steps` optimizer steps; samples/s is measured from the end of step `--warmup` to the end of the last step,
 the device synchronised at those two steps only (a wait at every step would hide the overlap of the host's
 work with the device's).
@@ -67,7 +69,9 @@ def ours(args, cache: Path, out: Path) -> float:
             "trainer.log_every_n_steps=50",
             "+callbacks.step_timer._target_=bench.train_vs_st.StepTimer",
             f"+callbacks.step_timer.steps=[{args.warmup},{args.steps}]", f"paths.cache_dir={cache}",
-            "encode.progress=false"] + (["+trainer.profiler=simple"] if args.profile else []))
+            "encode.progress=false", f"module.compile={args.compile}",
+            f"module.config_overrides={{attention_probs_dropout_prob: {args.attention_dropout}}}"]
+            + (["+trainer.profiler=simple"] if args.profile else []))
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
@@ -116,10 +120,11 @@ def sentence_transformers(args, dataset, out: Path) -> float:
             if state.global_step in (args.warmup, args.steps):
                 times[state.global_step] = _now()
 
-    model = SentenceTransformer(resolve_model_path(args.model))
+    model = SentenceTransformer(resolve_model_path(args.model),
+                                config_kwargs={"attention_probs_dropout_prob": args.attention_dropout})
     model.max_seq_length = args.max_length
     st_train(model, dataset, out, batch_size=args.batch_size, bf16=args.precision == "bf16", max_steps=args.steps,
-             callbacks=(Timer(),), workers=args.workers)
+             callbacks=(Timer(),), workers=args.workers, compile=args.compile)
     return rate(times, args.warmup, args.steps, args.batch_size)
 
 
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "fp32",
                         choices=["bf16", "fp32"])
+    parser.add_argument("--attention-dropout", type=float, default=0.1, help="both sides (MiniLM's own: 0.1)")
+    parser.add_argument("--compile", action="store_true", help="both sides through torch.compile")
     parser.add_argument("--profile", action="store_true", help="ours: print Lightning's time per hook")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -149,6 +156,7 @@ def main() -> None:
     from bench.st_common import device_name
     result = {"device": device_name(), "precision": args.precision, "batch_size": args.batch_size,
               "passages_per_query": 5, "max_length": args.max_length, "steps": args.steps,
+              "attention_dropout": args.attention_dropout, "compile": args.compile,
               "ours_samples_per_s": round(us, 1), "st_samples_per_s": round(st, 1), "speedup": round(us / st, 2)}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -68,10 +68,11 @@ class Towers(torch.nn.Module):
     @classmethod
     def for_training(cls, spec: EncoderSpec, shared_weights: bool = True,
                      config_overrides: dict[str, Any] | None = None, gradient_checkpointing: bool = False,
-                     lora: LoraSettings | None = None, weights_dtype: str = "fp32") -> Towers:
+                     lora: LoraSettings | None = None, weights_dtype: str = "fp32", compile: bool = False) -> Towers:
         """Models in training mode, their weights in `weights_dtype` (fp32 master weights by default; bf16 halves a
         large model's memory); with `lora` only low-rank adapters train. An untied pair starts from an exported
-        pair's own towers, else from two copies of one model."""
+        pair's own towers, else from two copies of one model. `compile`: each tower through torch.compile, once for
+        every sequence length (dynamic shapes); its weights and their names stay as they are."""
         if spec.passage_tower and shared_weights:
             raise ValueError(f"{spec.name_or_path} has its own passage tower ({spec.passage_tower}/): train it with "
                              "module.shared_weights=false, or one tower would be lost")
@@ -83,9 +84,15 @@ class Towers(torch.nn.Module):
 
         model = load(path)
         if shared_weights:
-            return cls(TextEncoder(model, tokenizer))
-        passage = load(str(Path(path) / spec.passage_tower)) if spec.passage_tower else copy.deepcopy(model)
-        return cls(TextEncoder(model, tokenizer), TextEncoder(passage, tokenizer))
+            towers = cls(TextEncoder(model, tokenizer))
+        else:
+            passage = load(str(Path(path) / spec.passage_tower)) if spec.passage_tower else copy.deepcopy(model)
+            towers = cls(TextEncoder(model, tokenizer), TextEncoder(passage, tokenizer))
+        if compile:
+            for tower in (towers.query, towers.passage):
+                if tower is not None:
+                    tower.compile(dynamic=True)
+        return towers
 
     def save(self, folder: Path) -> Path:
         """A sentence-transformers folder (the query tower); an untied passage tower goes to its subfolder. LoRA

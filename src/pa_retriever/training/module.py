@@ -46,7 +46,7 @@ class BiEncoderModule(L.LightningModule):
                  config_overrides: dict[str, Any] | None = None, seed: int = 0, lora: dict[str, Any] | None = None,
                  weights_dtype: str = "fp32", grad_cache_chunk: int | None = None,
                  loss: dict[str, float] | None = None, in_batch_filter: dict[str, Any] | None = None,
-                 val_data: RetrievalData | None = None):
+                 compile: bool = False, val_data: RetrievalData | None = None):
         super().__init__()
         check_number("module.temperature", temperature, 0, low_open=True, why="InfoNCE divides scores by it")
         check_number("module.weight_decay", weight_decay, 0)
@@ -65,7 +65,7 @@ class BiEncoderModule(L.LightningModule):
         self.save_hyperparameters(ignore=["spec", "optimizer", "scheduler", "val_data"])
         self.hparams["spec"] = spec.as_dict()
         self.towers = Towers.for_training(spec, shared_weights, config_overrides, gradient_checkpointing, adapters,
-                                          weights_dtype)
+                                          weights_dtype, compile)
         self.strict_loading = adapters is None  # with adapters a checkpoint holds them alone: the base is reloaded
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_data = val_data  # the split validation scores: its queries, corpus and judgements
